@@ -1,0 +1,1 @@
+"""convmem: memory for the stateless chat-completions API."""

@@ -1,0 +1,155 @@
+"""The convmem exception tree.
+
+Everything convmem raises on purpose derives from :class:`ConvmemError`. Two branches tell
+apart *usage mistakes* (bad input, found before any network call) from *run failures*
+(something went wrong while a call was being made or its context built). Errors from the
+``openai`` SDK itself (``openai.RateLimitError``, ``openai.APITimeoutError``, ...) are
+re-raised unchanged, so existing ``except openai.APIError`` handlers keep working; whatever
+the error, the conversation's history is left exactly as it was before the call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ConvmemError(Exception):
+    """Root of every exception convmem raises on purpose."""
+
+
+class UsageError(ConvmemError, ValueError):
+    """The caller asked for something invalid. Raised before any network call."""
+
+
+class InvalidMessageError(UsageError):
+    """A message is malformed, or messages are in an order the API refuses.
+
+    Attributes:
+        message: The offending message (as given).
+        index: Its position in the batch being validated, when known.
+        reason: What is wrong with it.
+    """
+
+    def __init__(self, reason: str, message: Any = None, index: int | None = None) -> None:
+        self.reason = reason
+        self.message = message
+        self.index = index
+        where = f" (message {index})" if index is not None else ""
+        super().__init__(f"{reason}{where}")
+
+
+class BudgetError(UsageError):
+    """A token budget cannot work at all, e.g. it is smaller than the pinned system prompt.
+
+    Attributes:
+        budget: The budget, in tokens.
+        required: The minimum the request needs, in tokens.
+    """
+
+    def __init__(self, reason: str, *, budget: int, required: int) -> None:
+        self.budget = budget
+        self.required = required
+        super().__init__(f"{reason} (budget {budget} tokens, needs at least {required})")
+
+
+class UnknownModelError(UsageError):
+    """The model's context window is not in the table and none was given.
+
+    Attributes:
+        model: The model name.
+    """
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        super().__init__(
+            f"unknown context window for model {model!r}: pass context_window=<tokens> "
+            "(convmem does not guess a window; see convmem.models.CONTEXT_WINDOWS)"
+        )
+
+
+class MissingExtraError(ConvmemError, ImportError):
+    """An optional dependency is not installed; the message names the ``pip install`` fix."""
+
+    def __init__(self, feature: str, extra: str, missing: str) -> None:
+        self.feature = feature
+        self.extra = extra
+        super().__init__(
+            f"{feature} needs the optional package {missing!r}: "
+            f"pip install 'convmem[{extra}]'"
+        )
+
+
+class RunError(ConvmemError):
+    """A failure while building a context or running a call (not the caller's input)."""
+
+
+class ContextOverflowError(RunError):
+    """The context cannot fit the budget with the chosen strategy.
+
+    Attributes:
+        needed: Estimated prompt tokens of the smallest context the strategy could build.
+        budget: Prompt tokens available (context window minus room for the reply).
+        context_window: The model's context window.
+        plan: The :class:`~convmem.plan.ContextPlan` that did not fit, when one was built.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        needed: int,
+        budget: int,
+        context_window: int,
+        plan: Any = None,
+    ) -> None:
+        self.needed = needed
+        self.budget = budget
+        self.context_window = context_window
+        self.plan = plan
+        super().__init__(
+            f"{reason}: needs ~{needed} prompt tokens, budget is {budget} "
+            f"(context window {context_window})"
+        )
+
+
+class ToolRoundsExceededError(RunError):
+    """The model kept calling tools past ``max_tool_rounds``; nothing was committed.
+
+    Attributes:
+        rounds: How many tool rounds ran.
+        messages: The messages the turn had accumulated (for debugging).
+    """
+
+    def __init__(self, rounds: int, messages: list[dict[str, Any]]) -> None:
+        self.rounds = rounds
+        self.messages = messages
+        super().__init__(
+            f"the model was still calling tools after {rounds} rounds (max_tool_rounds); "
+            "the turn was not committed"
+        )
+
+
+class StreamIncompleteError(RunError):
+    """A stream ended without its final chunk (cut off); nothing was committed.
+
+    Attributes:
+        partial: The text received before the stream ended.
+    """
+
+    def __init__(self, reason: str, partial: str = "") -> None:
+        self.partial = partial
+        super().__init__(reason)
+
+
+__all__ = [
+    "BudgetError",
+    "ContextOverflowError",
+    "ConvmemError",
+    "InvalidMessageError",
+    "MissingExtraError",
+    "RunError",
+    "StreamIncompleteError",
+    "ToolRoundsExceededError",
+    "UnknownModelError",
+    "UsageError",
+]
