@@ -1,0 +1,243 @@
+"""ContextPlan: what one call sent, section by section, and why.
+
+Every call leaves a plan, so a user can always answer "what did the model see, and what did it
+cost?". Plans are plain data: JSON-serialisable and readable when printed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .history import Summary
+from .messages import Message
+
+SectionName = Literal["system", "summary", "recalled", "recent", "tools"]
+Action = Literal["kept", "dropped", "summarised", "recalled"]
+
+#: Order in which sections are sent.
+SECTION_ORDER: tuple[str, ...] = ("system", "summary", "recalled", "recent")
+
+
+@dataclass
+class Section:
+    """One part of the context.
+
+    Attributes:
+        name: ``system``, ``summary``, ``recalled``, ``recent`` or ``tools``.
+        messages: The messages this section sends (``tools`` sends schemas, not messages).
+        tokens: Estimated tokens of the section.
+        turn_ids: The history turns the section carries.
+    """
+
+    name: str
+    messages: list[Message]
+    tokens: int
+    turn_ids: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "tokens": self.tokens,
+            "turn_ids": list(self.turn_ids),
+            "messages": self.messages,
+        }
+
+
+@dataclass(frozen=True)
+class TurnDecision:
+    """What happened to one history turn in this call, and why.
+
+    Attributes:
+        turn_id: The turn.
+        action: ``kept`` (sent verbatim as a recent turn), ``dropped`` (not sent),
+            ``summarised`` (sent only through the summary) or ``recalled`` (sent in the recalled
+            section).
+        reason: A short human-readable why, e.g. ``"over budget (4096)"``.
+        score: Similarity score for recalled turns.
+    """
+
+    turn_id: int
+    action: Action
+    reason: str
+    score: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"turn_id": self.turn_id, "action": self.action, "reason": self.reason}
+        if self.score is not None:
+            d["score"] = round(self.score, 4)
+        return d
+
+
+@dataclass
+class SummaryCall:
+    """A summariser call made while building this context."""
+
+    model: str
+    ok: bool
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    covers: tuple[int, ...] = ()
+    error: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "ok": self.ok,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "covers": list(self.covers),
+            "error": self.error,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+@dataclass
+class ContextPlan:
+    """The context one call sends, with token counts and per-turn decisions.
+
+    Attributes:
+        strategy: Name of the strategy that built it.
+        sections: Sections in send order (``tools`` last; it holds no messages).
+        decisions: One entry per history turn considered.
+        context_window: The model's window.
+        reply_reserve: Tokens kept free for the reply.
+        budget: Prompt tokens available (``context_window - reply_reserve``).
+        estimated_tokens: convmem's own count of the prompt (messages, tools, priming).
+        corrected_tokens: That estimate after the per-model correction learnt from usage.
+        reported_prompt_tokens: ``usage.prompt_tokens`` the server reported (after the call).
+        notes: Events worth knowing (thresholds hit, fallbacks taken).
+        summary_calls: Summariser calls made for this context.
+        new_summary: A summary made for this call; committed with the turn.
+        created_at: Unix time.
+    """
+
+    strategy: str
+    sections: list[Section]
+    decisions: list[TurnDecision]
+    context_window: int
+    reply_reserve: int
+    budget: int
+    estimated_tokens: int
+    corrected_tokens: int
+    reported_prompt_tokens: int | None = None
+    notes: list[str] = field(default_factory=list)
+    summary_calls: list[SummaryCall] = field(default_factory=list)
+    new_summary: Summary | None = None
+    created_at: float = field(default_factory=time.time)
+
+    # -- views ---------------------------------------------------------------------------------
+    @property
+    def messages(self) -> list[Message]:
+        """The ``messages`` array this plan sends."""
+        out: list[Message] = []
+        for name in SECTION_ORDER:
+            for sec in self.sections:
+                if sec.name == name:
+                    out.extend(sec.messages)
+        return out
+
+    def section(self, name: str) -> Section | None:
+        """The named section, or None."""
+        for sec in self.sections:
+            if sec.name == name:
+                return sec
+        return None
+
+    def tokens_by_section(self) -> dict[str, int]:
+        return {sec.name: sec.tokens for sec in self.sections}
+
+    def turn_ids(self, action: Action) -> list[int]:
+        """Turn ids with the given decision."""
+        return [d.turn_id for d in self.decisions if d.action == action]
+
+    @property
+    def kept(self) -> list[int]:
+        return self.turn_ids("kept")
+
+    @property
+    def dropped(self) -> list[int]:
+        return self.turn_ids("dropped")
+
+    @property
+    def summarised(self) -> list[int]:
+        return self.turn_ids("summarised")
+
+    @property
+    def recalled(self) -> list[int]:
+        return self.turn_ids("recalled")
+
+    # -- serialisation ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "context_window": self.context_window,
+            "reply_reserve": self.reply_reserve,
+            "budget": self.budget,
+            "estimated_tokens": self.estimated_tokens,
+            "corrected_tokens": self.corrected_tokens,
+            "reported_prompt_tokens": self.reported_prompt_tokens,
+            "tokens_by_section": self.tokens_by_section(),
+            "sections": [s.to_dict() for s in self.sections],
+            "decisions": [d.to_dict() for d in self.decisions],
+            "notes": list(self.notes),
+            "summary_calls": [c.to_dict() for c in self.summary_calls],
+            "new_summary": self.new_summary.to_dict() if self.new_summary else None,
+            "created_at": self.created_at,
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
+
+    def __str__(self) -> str:
+        reported = (
+            f", server reported {self.reported_prompt_tokens}"
+            if self.reported_prompt_tokens is not None
+            else ""
+        )
+        lines = [
+            f"ContextPlan[{self.strategy}] ~{self.corrected_tokens} of {self.budget} prompt tokens "
+            f"(window {self.context_window}, {self.reply_reserve} kept for the reply; "
+            f"raw estimate {self.estimated_tokens}{reported})"
+        ]
+        for sec in self.sections:
+            ids = _ranges(sec.turn_ids)
+            lines.append(
+                f"  {sec.name:<9} {sec.tokens:>7} tokens  {len(sec.messages):>4} messages"
+                + (f"  turns {ids}" if ids else "")
+            )
+        for action in ("kept", "summarised", "recalled", "dropped"):
+            ids = self.turn_ids(action)  # type: ignore[arg-type]
+            if ids:
+                lines.append(f"  {action:<10} turns {_ranges(ids)}")
+        for call in self.summary_calls:
+            status = "ok" if call.ok else f"FAILED ({call.error})"
+            lines.append(
+                f"  summary call {call.model}: {status}, {call.prompt_tokens}+"
+                f"{call.completion_tokens} tokens"
+            )
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython / notebooks
+        p.text(str(self))
+
+
+def _ranges(ids: tuple[int, ...] | list[int]) -> str:
+    """Compacts ``[1,2,3,7]`` to ``"1-3, 7"``."""
+    if not ids:
+        return ""
+    s = sorted(ids)
+    out: list[str] = []
+    start = prev = s[0]
+    for i in s[1:]:
+        if i == prev + 1:
+            prev = i
+            continue
+        out.append(f"{start}-{prev}" if prev != start else str(start))
+        start = prev = i
+    out.append(f"{start}-{prev}" if prev != start else str(start))
+    return ", ".join(out)

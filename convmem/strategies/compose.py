@@ -1,0 +1,257 @@
+"""One budget, several strategies: the machinery behind :class:`Pipeline`.
+
+Every built-in strategy is a *component* that contributes to a shared :class:`Composition`:
+
+1. summary components (``RollingSummary``) set the summary section and mark the turns it
+   covers as ``summarised``;
+2. recall components (``VectorRecall``) reserve their share of what is left;
+3. the recent-turns filler (``Truncate``) keeps the newest whole turns that fit, newest first,
+   as one contiguous run;
+4. recall components fill their reserve with the best matching turns that are not already sent;
+5. the filler tops up with older turns if the recall left room.
+
+Whatever is left undecided is ``dropped``. Each strategy's own ``build`` is a pipeline of itself
+and a default ``Truncate()``, so a strategy alone and in a pipeline behave the same.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ..errors import ContextOverflowError
+from ..history import Summary, Turn
+from ..messages import Message
+from ..plan import ContextPlan, SummaryCall, TurnDecision
+from ..strategy import ContextRequest, Job, assemble_plan, check_fixed_fits
+
+#: Marker put in place of the middle of a tool output that had to be cut to fit.
+CUT_MARKER = "\n[... {n} characters cut by convmem to fit the context window ...]\n"
+
+
+@dataclass
+class Composition:
+    """The context being built by a pipeline. Components read and extend it.
+
+    Attributes:
+        request: The request.
+        limit: Prompt budget in estimate units (the tightest of the window and any cap).
+        pending: The pending turn's wire messages (tool outputs may have been cut to fit).
+        pending_tokens: Their tokens.
+        summary / summary_message / summary_tokens: The summary section.
+        recalled: ``(turn, score)`` pairs, chronological once finished.
+        recalled_messages / recalled_tokens: The recalled section.
+        recent: Turns sent verbatim, chronological.
+        decisions: Per turn id.
+        reserved: Tokens set aside for later components, by name.
+    """
+
+    request: ContextRequest
+    limit: int
+    pending: list[Message]
+    pending_tokens: int
+    summary: Summary | None = None
+    summary_message: Message | None = None
+    summary_tokens: int = 0
+    recalled: list[tuple[Turn, float]] = field(default_factory=list)
+    recalled_messages: list[Message] = field(default_factory=list)
+    recalled_tokens: int = 0
+    recent: list[Turn] = field(default_factory=list)
+    recent_tokens: int = 0
+    decisions: dict[int, TurnDecision] = field(default_factory=dict)
+    reserved: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    summary_calls: list[SummaryCall] = field(default_factory=list)
+    new_summary: Summary | None = None
+
+    @property
+    def used(self) -> int:
+        """Estimated tokens committed so far (fixed parts, pending, every section)."""
+        return (
+            self.request.fixed_tokens
+            + self.pending_tokens
+            + self.summary_tokens
+            + self.recalled_tokens
+            + self.recent_tokens
+        )
+
+    @property
+    def remaining(self) -> int:
+        """Tokens still free, after what later components reserved."""
+        return self.limit - self.used - sum(self.reserved.values())
+
+    def undecided(self) -> list[Turn]:
+        """Turns no component has decided on yet, oldest first."""
+        return [t for t in self.request.turns if t.id not in self.decisions]
+
+    def decide(self, turn: Turn, action: Any, reason: str, score: float | None = None) -> None:
+        self.decisions[turn.id] = TurnDecision(turn.id, action, reason, score)
+
+
+@runtime_checkable
+class Component(Protocol):
+    """A strategy that can take part in a :class:`Pipeline`."""
+
+    role: str  # "summary", "recall" or "recent"
+
+    def contribute(self, comp: Composition) -> None: ...
+
+
+def _cut_text(text: str, keep_chars: int) -> str:
+    if len(text) <= keep_chars:
+        return text
+    head = keep_chars * 2 // 3
+    tail = keep_chars - head
+    cut = len(text) - head - tail
+    return text[:head] + CUT_MARKER.format(n=cut) + (text[-tail:] if tail else "")
+
+
+def fit_pending(request: ContextRequest, limit: int) -> tuple[list[Message], int, list[str]]:
+    """The pending turn's wire messages, with long tool outputs cut (visibly) if they must be.
+
+    Only ``tool`` message contents are ever cut, middle first, keeping head and tail; the user
+    message and the assistant's tool calls are sent whole.
+
+    Raises:
+        ContextOverflowError: it does not fit even with every tool output cut down.
+    """
+    counter = request.counter
+    msgs = request.pending_wire
+    tokens = [counter.count_message(m) for m in msgs]
+    room = limit - request.fixed_tokens
+    notes: list[str] = []
+    if sum(tokens) <= room:
+        return msgs, sum(tokens), notes
+    tool_idx = [i for i, m in enumerate(msgs) if m.get("role") == "tool" and isinstance(m.get("content"), str)]
+    for _ in range(8):  # converges in one or two passes; bounded anyway
+        excess = sum(tokens) - room
+        if excess <= 0 or not tool_idx:
+            break
+        total_tool = sum(tokens[i] for i in tool_idx)
+        for i in tool_idx:
+            text = msgs[i]["content"]
+            share = tokens[i] / total_tool if total_tool else 1.0
+            target_tokens = max(16, tokens[i] - math.ceil(excess * share) - 8)
+            keep = max(32, int(len(text) * target_tokens / max(tokens[i], 1)))
+            new = dict(msgs[i], content=_cut_text(text, keep))
+            if new["content"] != text:
+                notes.append(
+                    f"tool output {msgs[i].get('tool_call_id')} cut from {len(text)} characters "
+                    "to fit the window"
+                )
+            msgs[i] = new
+            tokens[i] = counter.count_message(new)
+    if sum(tokens) > room:
+        raise ContextOverflowError(
+            "the current turn does not fit even with no history",
+            needed=request.budget.corrected(request.fixed_tokens + sum(tokens)),
+            budget=request.budget.prompt_tokens,
+            context_window=request.budget.context_window,
+        )
+    return msgs, sum(tokens), notes
+
+
+def compose(
+    request: ContextRequest, components: Sequence[Any], *, name: str, cap_tokens: int | None = None
+) -> ContextPlan:
+    """Builds one plan from components sharing one budget (see the module docstring).
+
+    Args:
+        request: The request.
+        components: Strategy components, in any order; a default ``Truncate()`` is added when
+            none fills recent turns.
+        name: The strategy name for the plan.
+        cap_tokens: An overall cap on prompt tokens (real tokens), below the window's budget.
+    """
+    from .truncate import Truncate
+
+    check_fixed_fits(request, name)
+    limit = request.budget.limit
+    fillers = [c for c in components if getattr(c, "role", None) == "recent"]
+    if cap_tokens is None:
+        caps = [c.max_tokens for c in fillers if getattr(c, "max_tokens", None)]
+        cap_tokens = min(caps) if caps else None
+    if cap_tokens is not None:
+        limit = min(limit, request.budget.to_estimate(cap_tokens))
+    if request.fixed_tokens > limit:
+        from ..errors import BudgetError
+
+        raise BudgetError(
+            f"{name}: the system prompt and tool schemas alone exceed max_tokens",
+            budget=cap_tokens or request.budget.prompt_tokens,
+            required=request.budget.corrected(request.fixed_tokens),
+        )
+    pending, pending_tokens, notes = fit_pending(request, limit)
+    comp = Composition(request=request, limit=limit, pending=pending, pending_tokens=pending_tokens)
+    comp.notes.extend(notes)
+
+    summaries = [c for c in components if getattr(c, "role", None) == "summary"]
+    recalls = [c for c in components if getattr(c, "role", None) == "recall"]
+    filler = _merge_fillers(fillers) if fillers else Truncate()
+
+    for comp_ in summaries:
+        comp_.contribute(comp)
+    for rec in recalls:
+        comp.reserved[_key(rec)] = rec.reserve(comp)
+    filler.contribute(comp)
+    for rec in recalls:
+        comp.reserved.pop(_key(rec), None)
+        rec.contribute(comp)
+    filler.contribute(comp)  # top up with what recall left free
+    for turn in comp.undecided():
+        comp.decide(turn, "dropped", f"over budget ({_budget_text(comp)})")
+
+    recent_sorted = sorted(comp.recent, key=lambda t: t.id)
+    plan = assemble_plan(
+        request,
+        strategy=name,
+        recent=recent_sorted,
+        decisions=list(comp.decisions.values()),
+        summary=comp.summary,
+        summary_message=comp.summary_message,
+        recalled_messages=comp.recalled_messages,
+        recalled_ids=[t.id for t, _ in sorted(comp.recalled, key=lambda p: p[0].id)],
+        notes=comp.notes,
+        summary_calls=comp.summary_calls,
+        new_summary=comp.new_summary,
+        pending=comp.pending,
+    )
+    if plan.estimated_tokens > limit:  # a component overshot: a bug, but never send it
+        raise ContextOverflowError(
+            f"{name}: built context is over budget",
+            needed=plan.corrected_tokens,
+            budget=request.budget.prompt_tokens,
+            context_window=request.budget.context_window,
+            plan=plan,
+        )
+    return plan
+
+
+def _key(component: Any) -> str:
+    return f"{type(component).__name__}@{id(component)}"
+
+
+def _budget_text(comp: Composition) -> str:
+    return f"{comp.limit} estimated prompt tokens"
+
+
+def _merge_fillers(fillers: Sequence[Any]) -> Any:
+    from .truncate import Truncate
+
+    if len(fillers) == 1:
+        return fillers[0]
+    turns = [f.max_turns for f in fillers if f.max_turns is not None]
+    tokens = [f.max_tokens for f in fillers if f.max_tokens is not None]
+    return Truncate(max_turns=min(turns) if turns else None, max_tokens=min(tokens) if tokens else None)
+
+
+def prepare_all(components: Sequence[Any], request: ContextRequest) -> list[Job]:
+    """The jobs of every component that has a ``prepare``."""
+    jobs: list[Job] = []
+    for c in components:
+        prep = getattr(c, "prepare", None)
+        if callable(prep):
+            jobs.extend(prep(request))
+    return jobs

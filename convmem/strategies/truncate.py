@@ -1,0 +1,79 @@
+"""Truncate: keep the most recent whole turns that fit."""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+from ..plan import ContextPlan
+from ..strategy import ContextRequest
+from .compose import Composition, compose
+
+
+class Truncate:
+    """Keeps the most recent whole turns that fit a turn count and/or a token budget.
+
+    The system prompt is pinned and the new message is always sent. Turns are kept newest
+    first as one contiguous run and never split, so a ``tool`` reply always travels with the
+    assistant message that called it.
+
+    A single turn larger than the budget: an older one is dropped like any other. The *current*
+    turn cannot be dropped; if its tool outputs make it too large, the longest outputs are cut
+    in the middle with a visible marker (``[... N characters cut by convmem ...]``), and if it
+    still cannot fit, :class:`~convmem.errors.ContextOverflowError` is raised before anything
+    is sent.
+
+    Args:
+        max_turns: Keep at most this many past turns (the current turn not counted).
+        max_tokens: Cap on the whole prompt, in tokens (system, tools and the new message
+            included). Defaults to the window minus room for the reply; a cap above that has no
+            effect.
+
+    Raises:
+        UsageError: a limit is not a positive int.
+    """
+
+    role = "recent"
+
+    def __init__(self, max_turns: int | None = None, max_tokens: int | None = None) -> None:
+        for label, value in (("max_turns", max_turns), ("max_tokens", max_tokens)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise UsageError(f"Truncate({label}=...) must be a non-negative int, got {value!r}")
+        if max_tokens == 0:
+            raise UsageError("Truncate(max_tokens=0) leaves no room for the new message")
+        self.max_turns = max_turns
+        self.max_tokens = max_tokens
+
+    @property
+    def name(self) -> str:
+        parts = []
+        if self.max_turns is not None:
+            parts.append(f"max_turns={self.max_turns}")
+        if self.max_tokens is not None:
+            parts.append(f"max_tokens={self.max_tokens}")
+        return f"Truncate({', '.join(parts)})"
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def build(self, request: ContextRequest) -> ContextPlan:
+        return compose(request, [self], name=self.name)
+
+    def contribute(self, comp: Composition) -> None:
+        """Adds the newest whole turns that fit, continuing below turns already kept."""
+        turns = comp.request.turns
+        kept_ids = {t.id for t in comp.recent}
+        start = len(turns) - 1
+        if kept_ids:
+            oldest = min(kept_ids)
+            start = next(i for i, t in enumerate(turns) if t.id == oldest) - 1
+        for i in range(start, -1, -1):
+            turn = turns[i]
+            if turn.id in comp.decisions:
+                break  # summarised or recalled: the run of recent turns ends here
+            if self.max_turns is not None and len(comp.recent) >= self.max_turns:
+                break
+            cost = comp.request.turn_tokens(turn)
+            if cost > comp.remaining:
+                break
+            comp.recent.append(turn)
+            comp.recent_tokens += cost
+            comp.decide(turn, "kept", "recent")
