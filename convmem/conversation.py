@@ -10,6 +10,7 @@ works inside notebooks, which already run an event loop.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import time
 import uuid
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import openai
 from openai.types.chat import ChatCompletion
 
 from .errors import ToolRoundsExceededError, UsageError
@@ -785,10 +787,12 @@ class AsyncConversation(_Core):
         try:
             create = client.chat.completions.create
             kwargs = {"model": model, "messages": job.messages, **dict(job.params), **extra}
-            if asyncio.iscoroutinefunction(create):
-                value = await create(**kwargs)
-            else:  # a blocking client given to an async conversation
+            if isinstance(client, openai.OpenAI):  # a blocking client in an async conversation
                 value = await asyncio.to_thread(create, **kwargs)
+            else:
+                value = create(**kwargs)
+                if inspect.isawaitable(value):
+                    value = await value
             return JobResult(value=value, seconds=time.perf_counter() - t0, model=model)
         except Exception as exc:  # the strategy falls back; cancellation still propagates
             return JobResult(error=exc, seconds=time.perf_counter() - t0, model=model)

@@ -6,8 +6,10 @@ records kept beside the turns, each saying which turn ids it covers.
 
 from __future__ import annotations
 
+import bisect
 import json
 import time
+from functools import cached_property
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -97,10 +99,27 @@ class Summary:
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
-    @property
+    @cached_property
     def through(self) -> int:
         """The newest turn id covered (-1 if none)."""
         return max(self.covers) if self.covers else -1
+
+    @cached_property
+    def covered(self) -> frozenset[int]:
+        """The covered ids as a set (built once per summary)."""
+        return frozenset(self.covers)
+
+    @cached_property
+    def is_prefix(self) -> bool:
+        """True when the summary covers every turn id up to :attr:`through` (the usual case)."""
+        return len(self.covers) == len(self.covered) and (
+            not self.covers or len(self.covers) == self.through - self.first + 1
+        )
+
+    @cached_property
+    def first(self) -> int:
+        """The oldest turn id covered (-1 if none)."""
+        return min(self.covers) if self.covers else -1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -135,6 +154,19 @@ class History:
     def turn_list(self) -> list[Turn]:
         """The internal list, for I/O-free builders that must not copy it (do not mutate)."""
         return self._turns
+
+    def index_after(self, turn_id: int) -> int:
+        """Index in :meth:`turn_list` of the first turn whose id is greater than ``turn_id``."""
+        return bisect.bisect_right(self._turns, turn_id, key=lambda t: t.id)
+
+    def unsummarised(self) -> list[Turn]:
+        """Turns the latest summary does not cover, oldest first."""
+        summary = self.latest_summary
+        if summary is None:
+            return self._turns
+        if summary.is_prefix and (not self._turns or summary.first <= self._turns[0].id):
+            return self._turns[self.index_after(summary.through) :]
+        return [t for t in self._turns if t.id not in summary.covered]
 
     @property
     def summaries(self) -> Sequence[Summary]:

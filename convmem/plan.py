@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -71,6 +72,24 @@ class TurnDecision:
         return d
 
 
+@dataclass(frozen=True)
+class DecisionSpan:
+    """The same decision for many turns, stored compactly (e.g. 5,000 dropped turns).
+
+    Attributes:
+        action: As in :class:`TurnDecision`.
+        reason: As in :class:`TurnDecision`.
+        turn_ids: The turns (a ``range`` when they are consecutive).
+    """
+
+    action: Action
+    reason: str
+    turn_ids: Sequence[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "reason": self.reason, "turn_ids": _ranges(list(self.turn_ids))}
+
+
 @dataclass
 class SummaryCall:
     """A summariser call made while building this context."""
@@ -102,7 +121,9 @@ class ContextPlan:
     Attributes:
         strategy: Name of the strategy that built it.
         sections: Sections in send order (``tools`` last; it holds no messages).
-        decisions: One entry per history turn considered.
+        decisions: One entry per history turn (see :attr:`decisions`; many turns with the same
+            decision are stored as :class:`DecisionSpan` so building a plan stays cheap on
+            long histories).
         context_window: The model's window.
         reply_reserve: Tokens kept free for the reply.
         budget: Prompt tokens available (``context_window - reply_reserve``).
@@ -117,7 +138,7 @@ class ContextPlan:
 
     strategy: str
     sections: list[Section]
-    decisions: list[TurnDecision]
+    turn_decisions: list[TurnDecision]
     context_window: int
     reply_reserve: int
     budget: int
@@ -127,7 +148,19 @@ class ContextPlan:
     notes: list[str] = field(default_factory=list)
     summary_calls: list[SummaryCall] = field(default_factory=list)
     new_summary: Summary | None = None
+    spans: list[DecisionSpan] = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
+
+    @property
+    def decisions(self) -> list[TurnDecision]:
+        """One decision per history turn, by turn id (spans expanded)."""
+        singles = {d.turn_id: d for d in self.turn_decisions}
+        out = dict(singles)
+        for span in self.spans:
+            for i in span.turn_ids:
+                if i not in singles:
+                    out[i] = TurnDecision(i, span.action, span.reason)
+        return [out[i] for i in sorted(out)]
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -152,7 +185,12 @@ class ContextPlan:
 
     def turn_ids(self, action: Action) -> list[int]:
         """Turn ids with the given decision."""
-        return [d.turn_id for d in self.decisions if d.action == action]
+        singles = {d.turn_id for d in self.turn_decisions}
+        ids = {d.turn_id for d in self.turn_decisions if d.action == action}
+        for span in self.spans:
+            if span.action == action:
+                ids.update(i for i in span.turn_ids if i not in singles)
+        return sorted(ids)
 
     @property
     def kept(self) -> list[int]:
@@ -182,7 +220,8 @@ class ContextPlan:
             "reported_prompt_tokens": self.reported_prompt_tokens,
             "tokens_by_section": self.tokens_by_section(),
             "sections": [s.to_dict() for s in self.sections],
-            "decisions": [d.to_dict() for d in self.decisions],
+            "decisions": [d.to_dict() for d in self.turn_decisions],
+            "decision_spans": [s.to_dict() for s in self.spans],
             "notes": list(self.notes),
             "summary_calls": [c.to_dict() for c in self.summary_calls],
             "new_summary": self.new_summary.to_dict() if self.new_summary else None,

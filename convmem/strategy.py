@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 from .errors import BudgetError, ContextOverflowError
 from .history import History, Summary, Turn
 from .messages import Message, to_wire
-from .plan import ContextPlan, Section, SummaryCall, TurnDecision
+from .plan import ContextPlan, DecisionSpan, Section, SummaryCall, TurnDecision
 from .tokens import TokenCounter
 
 
@@ -214,6 +214,7 @@ def assemble_plan(
     summary_calls: Sequence[SummaryCall] = (),
     new_summary: Summary | None = None,
     pending: Sequence[Message] | None = None,
+    spans: Sequence[DecisionSpan] = (),
 ) -> ContextPlan:
     """Puts chosen pieces together into a :class:`ContextPlan` with its token counts.
 
@@ -263,7 +264,8 @@ def assemble_plan(
     return ContextPlan(
         strategy=strategy,
         sections=sections,
-        decisions=sorted(decisions, key=lambda d: d.turn_id),
+        turn_decisions=sorted(decisions, key=lambda d: d.turn_id),
+        spans=list(spans),
         context_window=budget.context_window,
         reply_reserve=budget.reply_reserve,
         budget=budget.prompt_tokens,
@@ -316,7 +318,8 @@ class KeepAll:
             request,
             strategy=self.name,
             recent=turns,
-            decisions=[TurnDecision(t.id, "kept", "keep-all") for t in turns],
+            decisions=[],
+            spans=[DecisionSpan("kept", "keep-all", [t.id for t in turns])],
         )
         if plan.estimated_tokens > request.budget.limit:
             raise ContextOverflowError(

@@ -24,8 +24,8 @@ from typing import Any, Protocol, runtime_checkable
 from ..errors import ContextOverflowError
 from ..history import Summary, Turn
 from ..messages import Message
-from ..plan import ContextPlan, SummaryCall, TurnDecision
-from ..strategy import ContextRequest, Job, assemble_plan, check_fixed_fits
+from ..plan import ContextPlan, DecisionSpan, SummaryCall, TurnDecision
+from ..strategy import ContextRequest, Job, assemble_plan
 
 #: Marker put in place of the middle of a tool output that had to be cut to fit.
 CUT_MARKER = "\n[... {n} characters cut by convmem to fit the context window ...]\n"
@@ -82,12 +82,48 @@ class Composition:
         """Tokens still free, after what later components reserved."""
         return self.limit - self.used - sum(self.reserved.values())
 
-    def undecided(self) -> list[Turn]:
-        """Turns no component has decided on yet, oldest first."""
-        return [t for t in self.request.turns if t.id not in self.decisions]
+    def is_decided(self, turn_id: int) -> bool:
+        """True when the turn is already sent (recent, recalled) or covered by the summary."""
+        return turn_id in self.decisions or (
+            self.summary is not None and turn_id in self.summary.covered
+        )
 
     def decide(self, turn: Turn, action: Any, reason: str, score: float | None = None) -> None:
         self.decisions[turn.id] = TurnDecision(turn.id, action, reason, score)
+
+    def spans(self) -> list[DecisionSpan]:
+        """Compact decisions for the summarised and dropped turns (cheap on long histories)."""
+        spans: list[DecisionSpan] = []
+        history = self.request.history
+        turns = history.turn_list()
+        if self.summary is not None:
+            spans.append(DecisionSpan("summarised", "covered by the summary", self.summary.covers))
+        # Everything older than the run of recent turns and not summarised was dropped.
+        end = len(turns)
+        if self.recent:
+            end = history.index_after(min(t.id for t in self.recent)) - 1
+        start = 0
+        if self.summary is not None:
+            if self.summary.is_prefix:
+                start = min(history.index_after(self.summary.through), end)
+                dropped = _ids(turns[start:end])
+            else:
+                dropped = [t.id for t in turns[:end] if t.id not in self.summary.covered]
+        else:
+            dropped = _ids(turns[:end])
+        if len(dropped):
+            spans.append(DecisionSpan("dropped", f"over budget ({self.limit} estimated prompt tokens)", dropped))
+        return spans
+
+
+def _ids(turns: Sequence[Turn]) -> Sequence[int]:
+    """The ids of consecutive turns, as a ``range`` when they are consecutive numbers."""
+    if not turns:
+        return ()
+    first, last = turns[0].id, turns[-1].id
+    if last - first + 1 == len(turns):
+        return range(first, last + 1)
+    return [t.id for t in turns]
 
 
 @runtime_checkable
@@ -124,28 +160,34 @@ def fit_pending(request: ContextRequest, limit: int) -> tuple[list[Message], int
     notes: list[str] = []
     if sum(tokens) <= room:
         return msgs, sum(tokens), notes
-    tool_idx = [i for i, m in enumerate(msgs) if m.get("role") == "tool" and isinstance(m.get("content"), str)]
-    for _ in range(8):  # converges in one or two passes; bounded anyway
-        excess = sum(tokens) - room
-        if excess <= 0 or not tool_idx:
-            break
-        total_tool = sum(tokens[i] for i in tool_idx)
-        for i in tool_idx:
-            text = msgs[i]["content"]
-            share = tokens[i] / total_tool if total_tool else 1.0
-            target_tokens = max(16, tokens[i] - math.ceil(excess * share) - 8)
-            keep = max(32, int(len(text) * target_tokens / max(tokens[i], 1)))
-            new = dict(msgs[i], content=_cut_text(text, keep))
-            if new["content"] != text:
-                notes.append(
-                    f"tool output {msgs[i].get('tool_call_id')} cut from {len(text)} characters "
-                    "to fit the window"
-                )
-            msgs[i] = new
-            tokens[i] = counter.count_message(new)
+    tool_idx = [
+        i for i, m in enumerate(msgs) if m.get("role") == "tool" and isinstance(m.get("content"), str)
+    ]
+    excess = sum(tokens) - room
+    total_tool = sum(tokens[i] for i in tool_idx)
+    for i in tool_idx:
+        original = msgs[i]["content"]
+        allowed = max(16, tokens[i] - math.ceil(excess * tokens[i] / max(total_tool, 1)))
+        # Binary search the longest head+tail of the original that fits its share.
+        lo, hi = 0, len(original)
+        best = dict(msgs[i], content=_cut_text(original, 0))
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            candidate = dict(msgs[i], content=_cut_text(original, mid))
+            if counter.count_message(candidate) <= allowed:
+                best, lo = candidate, mid + 1
+            else:
+                hi = mid - 1
+        if best["content"] != original:
+            notes.append(
+                f"tool output {msgs[i].get('tool_call_id')} cut from {len(original)} to "
+                f"{len(best['content'])} characters to fit the window"
+            )
+        msgs[i] = best
+        tokens[i] = counter.count_message(best)
     if sum(tokens) > room:
         raise ContextOverflowError(
-            "the current turn does not fit even with no history",
+            f"{request.model}: the current turn does not fit even with no history",
             needed=request.budget.corrected(request.fixed_tokens + sum(tokens)),
             budget=request.budget.prompt_tokens,
             context_window=request.budget.context_window,
@@ -167,7 +209,6 @@ def compose(
     """
     from .truncate import Truncate
 
-    check_fixed_fits(request, name)
     limit = request.budget.limit
     fillers = [c for c in components if getattr(c, "role", None) == "recent"]
     if cap_tokens is None:
@@ -179,7 +220,7 @@ def compose(
         from ..errors import BudgetError
 
         raise BudgetError(
-            f"{name}: the system prompt and tool schemas alone exceed max_tokens",
+            f"{name}: the system prompt and tool schemas alone do not fit the prompt budget",
             budget=cap_tokens or request.budget.prompt_tokens,
             required=request.budget.corrected(request.fixed_tokens),
         )
@@ -200,8 +241,6 @@ def compose(
         comp.reserved.pop(_key(rec), None)
         rec.contribute(comp)
     filler.contribute(comp)  # top up with what recall left free
-    for turn in comp.undecided():
-        comp.decide(turn, "dropped", f"over budget ({_budget_text(comp)})")
 
     recent_sorted = sorted(comp.recent, key=lambda t: t.id)
     plan = assemble_plan(
@@ -217,6 +256,7 @@ def compose(
         summary_calls=comp.summary_calls,
         new_summary=comp.new_summary,
         pending=comp.pending,
+        spans=comp.spans(),
     )
     if plan.estimated_tokens > limit:  # a component overshot: a bug, but never send it
         raise ContextOverflowError(
@@ -231,10 +271,6 @@ def compose(
 
 def _key(component: Any) -> str:
     return f"{type(component).__name__}@{id(component)}"
-
-
-def _budget_text(comp: Composition) -> str:
-    return f"{comp.limit} estimated prompt tokens"
 
 
 def _merge_fillers(fillers: Sequence[Any]) -> Any:

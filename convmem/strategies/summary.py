@@ -148,9 +148,7 @@ class RollingSummary:
     # -- selection (pure; prepare and build compute the same answer) ----------------------------
     @staticmethod
     def unsummarised(request: ContextRequest) -> list[Turn]:
-        summary = request.history.latest_summary
-        covered = set(summary.covers) if summary else set()
-        return [t for t in request.turns if t.id not in covered]
+        return request.history.unsummarised()
 
     def summary_message(self, summary: Summary) -> Message:
         ids = sorted(summary.covers)
@@ -279,11 +277,6 @@ class RollingSummary:
         comp.summary = summary
         comp.summary_message = message
         comp.summary_tokens = tokens
-        by_id = {t.id: t for t in request.turns}
-        for turn_id in summary.covers:
-            turn = by_id.get(turn_id)
-            if turn is not None and turn_id not in comp.decisions:
-                comp.decide(turn, "summarised", "covered by the summary")
 
 
 def _completion_text(completion: Any) -> str:

@@ -59,15 +59,15 @@ class Truncate:
 
     def contribute(self, comp: Composition) -> None:
         """Adds the newest whole turns that fit, continuing below turns already kept."""
-        turns = comp.request.turns
-        kept_ids = {t.id for t in comp.recent}
+        history = comp.request.history
+        turns = history.turn_list()
         start = len(turns) - 1
-        if kept_ids:
-            oldest = min(kept_ids)
-            start = next(i for i, t in enumerate(turns) if t.id == oldest) - 1
+        if comp.recent:
+            # Continue below the oldest turn already kept (turns are sorted by id).
+            start = history.index_after(comp.recent[-1].id) - 2
         for i in range(start, -1, -1):
             turn = turns[i]
-            if turn.id in comp.decisions:
+            if comp.is_decided(turn.id):
                 break  # summarised or recalled: the run of recent turns ends here
             if self.max_turns is not None and len(comp.recent) >= self.max_turns:
                 break
