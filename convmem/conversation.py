@@ -23,7 +23,7 @@ from openai.types.chat import ChatCompletion
 
 from .errors import ToolRoundsExceededError, UsageError
 from .events import StreamEnd, StreamEvent, ToolResult
-from .history import History, Turn
+from .history import History, Summary, Turn
 from .messages import Message, open_tool_call_ids, user_message
 from .models import resolve_context_window
 from .plan import ContextPlan
@@ -326,6 +326,28 @@ class _Core:
         self.last_latency = time.perf_counter() - call.started
         return turns
 
+    def _next_request(self) -> tuple[ContextRequest, list[LLMJob]]:
+        """A request for a next call with no message yet, and the LLM jobs it would need."""
+        call = _Call(
+            pending=[],
+            params={},
+            registry=None,
+            choose=None,
+            max_tool_rounds=0,
+            budget_reserve=self.reply_reserve,
+        )
+        request = self._request(call)
+        return request, [j for j in self._jobs(request) if isinstance(j, LLMJob)]
+
+    def _keep_prepared(self, request: ContextRequest) -> Summary | None:
+        try:
+            plan = self.strategy.build(request)
+        except Exception:  # the next call builds its own context and reports any problem
+            return None
+        if plan.new_summary is not None:
+            self.history.add_summary(plan.new_summary)
+        return plan.new_summary
+
     def _observe_jobs(self, turns: Sequence[Turn]) -> Sequence[Job]:
         if turns and isinstance(self.strategy, ObservingStrategy):
             return self.strategy.observe(self.conversation_id, turns)
@@ -418,6 +440,20 @@ class Conversation(_Core):
         conv = cls(client, history=history, **kwargs)
         conv._run_jobs(None, conv._observe_jobs(history.turn_list()))
         return conv
+
+    def prepare_next(self) -> Summary | None:
+        """Makes now the summary the next call would need, if the strategy says one is due.
+
+        Useful after importing a long log with :meth:`extend`, or when replaying a conversation
+        turn by turn (the benchmarks do). Returns the new summary, or None when none was due
+        (or the summariser failed; it is retried at the next call).
+        """
+        with self._lock:
+            request, jobs = self._next_request()
+            if not jobs:
+                return None
+            self._run_jobs(request, jobs)
+            return self._keep_prepared(request)
 
     # -- calls --------------------------------------------------------------------------------
     def preview(self, message: Any = None, **params: Any) -> ContextPlan:
@@ -706,22 +742,20 @@ class AsyncConversation(_Core):
             self._spawn(self._prepare_next())
 
     async def _prepare_next(self) -> None:
-        """Runs the strategy's LLM jobs for a next call now, keeping any summary it makes."""
-        call = _Call(
-            pending=[], params={}, registry=None, choose=None, max_tool_rounds=0,
-            budget_reserve=self.reply_reserve,
-        )
-        request = self._request(call)
-        jobs = [j for j in self._jobs(request) if isinstance(j, LLMJob)]
-        if not jobs:
-            return
-        await self._run_jobs(request, jobs)
-        try:
-            plan = self.strategy.build(request)
-        except Exception:  # the next call builds its own context and reports any problem
-            return
-        if plan.new_summary is not None:
-            self.history.add_summary(plan.new_summary)
+        request, jobs = self._next_request()
+        if jobs:
+            await self._run_jobs(request, jobs)
+            self._keep_prepared(request)
+
+    async def prepare_next(self) -> Summary | None:
+        """Makes now the summary the next call would need (see ``Conversation.prepare_next``)."""
+        async with self._lock:
+            await self.drain()
+            request, jobs = self._next_request()
+            if not jobs:
+                return None
+            await self._run_jobs(request, jobs)
+            return self._keep_prepared(request)
 
     def stream(
         self,
