@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -263,8 +265,18 @@ class _Core:
             return self.strategy.prepare(request)
         return ()
 
-    def _record_job(self, request: ContextRequest, job: Job, result: JobResult) -> None:
-        request.results[job.key] = result
+    def _record_job(self, request: ContextRequest | None, job: Job, result: JobResult) -> None:
+        if request is None:
+            # Background work (storing turns): nobody waits for it, so say when it fails.
+            if result.error is not None:
+                warnings.warn(
+                    f"convmem background job {job.key!r} failed: "
+                    f"{type(result.error).__name__}: {result.error}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        else:
+            request.results[job.key] = result
         if isinstance(job, LLMJob):
             usage = getattr(result.value, "usage", None)
             self.usage.add_summary(
@@ -408,6 +420,30 @@ class Conversation(_Core):
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
         self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._background: list[Future[None]] = []
+
+    def drain(self) -> None:
+        """Waits for background work (turns being stored for recall) to finish."""
+        pending, self._background = self._background, []
+        for fut in pending:
+            fut.result()
+
+    def close(self) -> None:
+        """Finishes background work and stops the worker thread (also done at exit)."""
+        self.drain()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _spawn_observe(self, turns: Sequence[Turn]) -> None:
+        """Stores finished turns in a worker thread, so the reply returns without waiting."""
+        jobs = self._observe_jobs(turns)
+        if not jobs:
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convmem")
+        self._background.append(self._executor.submit(self._run_jobs, None, jobs))
 
     # -- history ------------------------------------------------------------------------------
     def extend(self, messages: Sequence[Any]) -> list[Turn]:
@@ -418,12 +454,13 @@ class Conversation(_Core):
         """
         with self._lock:
             turns = self.history.append(messages)
-            self._run_jobs(None, self._observe_jobs(turns))
+            self._spawn_observe(turns)
             return turns
 
     def clear(self) -> None:
         """Starts over: forgets every turn and summary; the system prompt stays."""
         with self._lock:
+            self.drain()
             self.history.clear()
             self.last_plan = None
 
@@ -438,7 +475,7 @@ class Conversation(_Core):
             kwargs.setdefault("model", raw.get("model"))
             kwargs.setdefault("conversation_id", raw.get("conversation_id"))
         conv = cls(client, history=history, **kwargs)
-        conv._run_jobs(None, conv._observe_jobs(history.turn_list()))
+        conv._spawn_observe(history.turn_list())
         return conv
 
     def prepare_next(self) -> Summary | None:
@@ -449,6 +486,7 @@ class Conversation(_Core):
         (or the summariser failed; it is retried at the next call).
         """
         with self._lock:
+            self.drain()
             request, jobs = self._next_request()
             if not jobs:
                 return None
@@ -462,6 +500,7 @@ class Conversation(_Core):
         Summariser calls are not made; a plan that would need one says so in its notes.
         """
         with self._lock:
+            self.drain()
             call = self._begin(message, params.pop("tools", None), None, None, params)
             request = self._request(call)
             jobs = [j for j in self._jobs(request) if isinstance(j, LocalJob)]
@@ -523,6 +562,7 @@ class Conversation(_Core):
 
     def _run(self, call: _Call, create: Callable[..., Any]) -> ChatCompletion:
         with self._lock:
+            self.drain()
             while True:
                 request = self._request(call)
                 self._run_jobs(request, self._jobs(request))
@@ -535,7 +575,7 @@ class Conversation(_Core):
                 call.pending.extend(call.registry.run_all_sync(tool_calls))
             turns = self._commit(call, completion)
             self.last_ttft = None
-            self._run_jobs(None, self._observe_jobs(turns))
+            self._spawn_observe(turns)
             return completion
 
     def stream(
@@ -561,6 +601,7 @@ class Conversation(_Core):
 
     def _stream(self, call: _Call) -> Iterator[StreamEvent]:
         with self._lock:
+            self.drain()
             while True:
                 request = self._request(call)
                 self._run_jobs(request, self._jobs(request))
@@ -582,7 +623,7 @@ class Conversation(_Core):
                     yield ToolResult(tool_msg["tool_call_id"], _tool_name(tool_calls, tool_msg), tool_msg)
             turns = self._commit(call, completion)
             self.last_ttft = asm.ttft
-            self._run_jobs(None, self._observe_jobs(turns))
+            self._spawn_observe(turns)
             assert call.final is not None
             yield StreamEnd(completion, call.final, plan, asm.ttft, self.last_latency or 0.0)
 
@@ -592,8 +633,7 @@ class Conversation(_Core):
                 result = _run_local(job)
             else:
                 result = self._run_llm_job(job)
-            if request is not None:
-                self._record_job(request, job, result)
+            self._record_job(request, job, result)
 
     def _run_llm_job(self, job: LLMJob) -> JobResult:
         client = job.client if job.client is not None else self.client
@@ -810,8 +850,7 @@ class AsyncConversation(_Core):
                 result = await asyncio.to_thread(_run_local, job)
             else:
                 result = await self._run_llm_job(job)
-            if request is not None:
-                self._record_job(request, job, result)
+            self._record_job(request, job, result)
 
     async def _run_llm_job(self, job: LLMJob) -> JobResult:
         client = job.client if job.client is not None else self.client
