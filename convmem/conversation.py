@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -366,7 +366,6 @@ class _Core:
         return ()
 
 
-
 def _assistant_message(msg: Any) -> Message:
     data: Message = msg.model_dump(exclude_none=True, exclude={"parsed"}, warnings=False)
     if not data.get("annotations"):
@@ -607,7 +606,9 @@ class Conversation(_Core):
                 self._run_jobs(request, self._jobs(request))
                 plan = self._build(call, request)
                 asm = StreamAssembler(time.perf_counter())
-                response = self.client.chat.completions.create(**self._kwargs(call, plan, stream=True))
+                response = self.client.chat.completions.create(
+                    **self._kwargs(call, plan, stream=True)
+                )
                 try:
                     for chunk in response:
                         yield from asm.feed(chunk)
@@ -620,7 +621,9 @@ class Conversation(_Core):
                 assert call.registry is not None
                 for tool_msg in call.registry.run_all_sync(tool_calls):
                     call.pending.append(tool_msg)
-                    yield ToolResult(tool_msg["tool_call_id"], _tool_name(tool_calls, tool_msg), tool_msg)
+                    yield ToolResult(
+                        tool_msg["tool_call_id"], _tool_name(tool_calls, tool_msg), tool_msg
+                    )
             turns = self._commit(call, completion)
             self.last_ttft = asm.ttft
             self._spawn_observe(turns)
@@ -629,10 +632,7 @@ class Conversation(_Core):
 
     def _run_jobs(self, request: ContextRequest | None, jobs: Sequence[Job]) -> None:
         for job in jobs:
-            if isinstance(job, LocalJob):
-                result = _run_local(job)
-            else:
-                result = self._run_llm_job(job)
+            result = _run_local(job) if isinstance(job, LocalJob) else self._run_llm_job(job)
             self._record_job(request, job, result)
 
     def _run_llm_job(self, job: LLMJob) -> JobResult:
@@ -837,7 +837,9 @@ class AsyncConversation(_Core):
                 assert call.registry is not None
                 for tool_msg in await call.registry.run_all_async(tool_calls):
                     call.pending.append(tool_msg)
-                    yield ToolResult(tool_msg["tool_call_id"], _tool_name(tool_calls, tool_msg), tool_msg)
+                    yield ToolResult(
+                        tool_msg["tool_call_id"], _tool_name(tool_calls, tool_msg), tool_msg
+                    )
             turns = self._commit(call, completion)
             self.last_ttft = asm.ttft
             self._after_commit(turns)

@@ -74,8 +74,7 @@ class MissingExtraError(ConvmemError, ImportError):
         self.feature = feature
         self.extra = extra
         super().__init__(
-            f"{feature} needs the optional package {missing!r}: "
-            f"pip install 'convmem[{extra}]'"
+            f"{feature} needs the optional package {missing!r}: pip install 'convmem[{extra}]'"
         )
 
 

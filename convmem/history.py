@@ -9,9 +9,9 @@ from __future__ import annotations
 import bisect
 import json
 import time
-from functools import cached_property
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidMessageError, UsageError
@@ -276,7 +276,11 @@ class History:
         if isinstance(data, list):
             system = None
             msgs = list(data)
-            if msgs and isinstance(msgs[0], Mapping) and msgs[0].get("role") in ("system", "developer"):
+            if (
+                msgs
+                and isinstance(msgs[0], Mapping)
+                and msgs[0].get("role") in ("system", "developer")
+            ):
                 system = msgs.pop(0)
             hist = cls(system)
             hist.append(msgs)
@@ -287,8 +291,12 @@ class History:
         for raw in data.get("turns", []):
             msgs = hist.validate_new(raw["messages"])
             if not msgs or (msgs[0].get("role") != "user" and hist._turns):
-                raise InvalidMessageError(f"turn {raw.get('id')} does not start with a user message")
-            turn = Turn(id=int(raw["id"]), messages=tuple(msgs), created_at=float(raw["created_at"]))
+                raise InvalidMessageError(
+                    f"turn {raw.get('id')} does not start with a user message"
+                )
+            turn = Turn(
+                id=int(raw["id"]), messages=tuple(msgs), created_at=float(raw["created_at"])
+            )
             if hist._turns and turn.id <= hist._turns[-1].id:
                 raise UsageError(f"turn ids must increase (turn {turn.id})")
             hist._turns.append(turn)

@@ -84,7 +84,9 @@ def validate_message(message: Any, index: int | None = None) -> Message:
             _validate_tool_calls(tool_calls, msg, index)
         has_calls = bool(tool_calls) or msg.get("function_call") is not None
         if content is None and not has_calls and not msg.get("refusal") and not msg.get("audio"):
-            raise InvalidMessageError("assistant message has no content and no tool_calls", msg, index)
+            raise InvalidMessageError(
+                "assistant message has no content and no tool_calls", msg, index
+            )
         if content is not None and not isinstance(content, (str, list)):
             raise InvalidMessageError("content must be a string or a list of parts", msg, index)
         if isinstance(content, list):
@@ -224,7 +226,8 @@ def check_sequence(
         elif role == "assistant":
             if open_ids:
                 raise InvalidMessageError(
-                    f"tool calls {sorted(open_ids)} have no tool reply before this assistant message",
+                    f"tool calls {sorted(open_ids)} have no tool reply before this "
+                    "assistant message",
                     msg,
                     i,
                 )
@@ -265,6 +268,8 @@ def text_of(message: Mapping[str, Any]) -> str:
         return content
     if isinstance(content, list):
         return "\n".join(
-            str(p.get("text", "")) for p in content if isinstance(p, Mapping) and p.get("type") == "text"
+            str(p.get("text", ""))
+            for p in content
+            if isinstance(p, Mapping) and p.get("type") == "text"
         )
     return ""

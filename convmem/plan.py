@@ -87,7 +87,11 @@ class DecisionSpan:
     turn_ids: Sequence[int]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "reason": self.reason, "turn_ids": _ranges(list(self.turn_ids))}
+        return {
+            "action": self.action,
+            "reason": self.reason,
+            "turn_ids": _ranges(list(self.turn_ids)),
+        }
 
 
 @dataclass
@@ -243,13 +247,14 @@ class ContextPlan:
             f"raw estimate {self.estimated_tokens}{reported})"
         ]
         for sec in self.sections:
-            ids = _ranges(sec.turn_ids)
+            span = _ranges(sec.turn_ids)
             lines.append(
                 f"  {sec.name:<9} {sec.tokens:>7} tokens  {len(sec.messages):>4} messages"
-                + (f"  turns {ids}" if ids else "")
+                + (f"  turns {span}" if span else "")
             )
-        for action in ("kept", "summarised", "recalled", "dropped"):
-            ids = self.turn_ids(action)  # type: ignore[arg-type]
+        actions: tuple[Action, ...] = ("kept", "summarised", "recalled", "dropped")
+        for action in actions:
+            ids = self.turn_ids(action)
             if ids:
                 lines.append(f"  {action:<10} turns {_ranges(ids)}")
         for call in self.summary_calls:

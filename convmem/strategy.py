@@ -46,7 +46,7 @@ class Budget:
 
     def to_estimate(self, real_tokens: int) -> int:
         """Converts a limit in real tokens to convmem's estimate units."""
-        return int(math.floor(real_tokens / self.ratio))
+        return math.floor(real_tokens / self.ratio)
 
     @property
     def limit(self) -> int:
@@ -55,7 +55,7 @@ class Budget:
 
     def corrected(self, estimate: int) -> int:
         """An estimate converted to real tokens."""
-        return int(math.ceil(estimate * self.ratio))
+        return math.ceil(estimate * self.ratio)
 
 
 @dataclass
@@ -127,9 +127,7 @@ class ContextRequest:
     def history_tokens(self) -> int:
         """Tokens of sending everything (system, all turns, pending, tools, priming)."""
         return (
-            self.fixed_tokens
-            + sum(self.turn_tokens(t) for t in self.turns)
-            + self.pending_tokens
+            self.fixed_tokens + sum(self.turn_tokens(t) for t in self.turns) + self.pending_tokens
         )
 
 

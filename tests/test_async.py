@@ -68,15 +68,19 @@ async def test_async_stream_events() -> None:
 
 async def test_async_stream_tools() -> None:
     server = FakeChatServer()
-    server.reply(None, tool_calls=[ToolCallSpec("get_time", {"zone": "CET"}, id="t1")]).reply("noon")
+    server.reply(None, tool_calls=[ToolCallSpec("get_time", {"zone": "CET"}, id="t1")]).reply(
+        "noon"
+    )
     conv = AsyncConversation(server.async_client(), model="gpt-4o-mini")
     events = [e async for e in conv.stream("time?", tools=[get_time])]
-    assert [e for e in events if isinstance(e, ToolResult)][0].message["content"] == "12:00 CET"
+    assert next(e for e in events if isinstance(e, ToolResult)).message["content"] == "12:00 CET"
 
 
 async def test_many_conversations_concurrently() -> None:
     server = FakeChatServer()
-    server.respond_with(lambda body: {"content": "echo " + body["messages"][-1]["content"]}, times=60)
+    server.respond_with(
+        lambda body: {"content": "echo " + body["messages"][-1]["content"]}, times=60
+    )
     convs = [AsyncConversation(server.async_client(), model="gpt-4o-mini") for _ in range(20)]
 
     async def talk(i: int, conv: AsyncConversation) -> None:
@@ -86,7 +90,12 @@ async def test_many_conversations_concurrently() -> None:
     await asyncio.gather(*(talk(i, c) for i, c in enumerate(convs)))
     for i, conv in enumerate(convs):
         assert [m["content"] for m in conv.messages] == [
-            f"c{i} m0", f"echo c{i} m0", f"c{i} m1", f"echo c{i} m1", f"c{i} m2", f"echo c{i} m2"
+            f"c{i} m0",
+            f"echo c{i} m0",
+            f"c{i} m1",
+            f"echo c{i} m1",
+            f"c{i} m2",
+            f"echo c{i} m2",
         ]
 
 

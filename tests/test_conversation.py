@@ -56,7 +56,10 @@ def test_three_turns_carry_the_history() -> None:
         {"role": "assistant", "content": "Noted"},
         {"role": "user", "content": "Who am I?"},
     ]
-    assert conv.messages == [*server.requests[2]["messages"], {"role": "assistant", "content": "You are Xiaoming"}]
+    assert conv.messages == [
+        *server.requests[2]["messages"],
+        {"role": "assistant", "content": "You are Xiaoming"},
+    ]
     assert [t.id for t in conv.turns] == [0, 1, 2]
     assert conv.usage.calls == 3 and conv.usage.prompt_tokens > 0
 
@@ -173,7 +176,9 @@ def test_budget_smaller_than_system_prompt_is_a_usage_error() -> None:
 def test_extend_then_send_and_json_round_trip() -> None:
     server = FakeChatServer().reply("Paris")
     conv = make(server)
-    conv.extend([{"role": "user", "content": "I live in France"}, {"role": "assistant", "content": "Nice"}])
+    conv.extend(
+        [{"role": "user", "content": "I live in France"}, {"role": "assistant", "content": "Nice"}]
+    )
     conv.send("Capital?")
     assert server.last_request["messages"][1:3] == [
         {"role": "user", "content": "I live in France"},
@@ -294,7 +299,14 @@ def test_tool_loop_runs_functions_and_commits_the_whole_turn() -> None:
         {"role": "tool", "tool_call_id": "call_a", "content": "sunny in Paris"},
         {"role": "tool", "tool_call_id": "call_b", "content": "sunny in Rome"},
     ]
-    assert [m["role"] for m in conv.messages] == ["system", "user", "assistant", "tool", "tool", "assistant"]
+    assert [m["role"] for m in conv.messages] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "tool",
+        "assistant",
+    ]
     assert len(conv.turns) == 1
 
 
@@ -325,7 +337,9 @@ def test_schema_only_tools_are_returned_to_the_caller() -> None:
         "type": "function",
         "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}},
     }
-    server = FakeChatServer().reply(None, tool_calls=[ToolCallSpec("lookup", {}, id="c9")]).reply("done")
+    server = (
+        FakeChatServer().reply(None, tool_calls=[ToolCallSpec("lookup", {}, id="c9")]).reply("done")
+    )
     conv = make(server)
     r = conv.send("look it up", tools=[schema])
     assert r.choices[0].message.tool_calls is not None
@@ -333,7 +347,11 @@ def test_schema_only_tools_are_returned_to_the_caller() -> None:
         conv.send("next question")
     conv.extend([{"role": "tool", "tool_call_id": "c9", "content": "found"}])
     conv.send()
-    assert server.last_request["messages"][-1] == {"role": "tool", "tool_call_id": "c9", "content": "found"}
+    assert server.last_request["messages"][-1] == {
+        "role": "tool",
+        "tool_call_id": "c9",
+        "content": "found",
+    }
     assert len(conv.turns) == 1
 
 
@@ -349,7 +367,13 @@ def test_stream_with_tools_yields_deltas_and_results() -> None:
     results = [e for e in events if isinstance(e, ToolResult)]
     assert results[0].message["content"] == "sunny in Oslo"
     assert isinstance(events[-1], StreamEnd) and events[-1].text == "Oslo is sunny"
-    assert [m["role"] for m in conv.messages] == ["system", "user", "assistant", "tool", "assistant"]
+    assert [m["role"] for m in conv.messages] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+    ]
 
 
 def test_n_choices_commit_first_or_chosen() -> None:
@@ -358,7 +382,13 @@ def test_n_choices_commit_first_or_chosen() -> None:
     conv.send("x", n=2)
     assert conv.messages[-1]["content"] == "short"
     server.reply(choices=[ChoiceSpec("short"), ChoiceSpec("a longer one")])
-    conv.send("y", n=2, choose=lambda c: max(range(len(c.choices)), key=lambda i: len(c.choices[i].message.content or "")))
+    conv.send(
+        "y",
+        n=2,
+        choose=lambda c: max(
+            range(len(c.choices)), key=lambda i: len(c.choices[i].message.content or "")
+        ),
+    )
     assert conv.messages[-1]["content"] == "a longer one"
     assert server.last_request["n"] == 2
 
@@ -378,7 +408,9 @@ def test_parse_returns_pydantic_object() -> None:
 
 
 def test_plan_records_sections_and_reported_tokens() -> None:
-    server = FakeChatServer().reply("a", usage={"prompt_tokens": 40, "completion_tokens": 1, "total_tokens": 41})
+    server = FakeChatServer().reply(
+        "a", usage={"prompt_tokens": 40, "completion_tokens": 1, "total_tokens": 41}
+    )
     conv = make(server)
     conv.send("hello")
     plan = conv.last_plan
@@ -396,7 +428,14 @@ def test_calibration_learns_from_reported_usage() -> None:
     for i in range(4):
         estimate = conv.preview(f"message {i}").estimated_tokens
         # The server bills twice what convmem estimates.
-        server.reply("ok", usage={"prompt_tokens": 2 * estimate, "completion_tokens": 1, "total_tokens": 2 * estimate + 1})
+        server.reply(
+            "ok",
+            usage={
+                "prompt_tokens": 2 * estimate,
+                "completion_tokens": 1,
+                "total_tokens": 2 * estimate + 1,
+            },
+        )
         conv.send(f"message {i}")
         assert conv.last_plan is not None
         assert conv.last_plan.reported_prompt_tokens == 2 * estimate

@@ -35,7 +35,9 @@ class Recorder:
 
 def conv_for(server: Any, **kw: Any) -> Conversation:
     kw.setdefault("system", "You are a helpful assistant. Answer briefly.")
-    return Conversation(server.client(), model=server.model, context_window=server.context_window, **kw)
+    return Conversation(
+        server.client(), model=server.model, context_window=server.context_window, **kw
+    )
 
 
 def test_plain_call(llama_server: Any) -> None:
@@ -80,7 +82,14 @@ def test_third_request_carries_the_first_two_turns(llama_server: Any) -> None:
     conv.send("I live in Hangzhou.", max_tokens=12, temperature=0)
     conv.send("Where do I live?", max_tokens=12, temperature=0)
     third = rec.bodies[2]["messages"]
-    assert [m["role"] for m in third] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert [m["role"] for m in third] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
     assert third[1]["content"] == "My name is Xiaoming."
     assert third[3]["content"] == "I live in Hangzhou."
     assert third[2] == conv.messages[2] and third[4] == conv.messages[4]
@@ -99,11 +108,16 @@ def test_context_overflow_400_leaves_history_unchanged(llama_server: Any) -> Non
 def test_async_conversations_concurrently(llama_server: Any) -> None:
     async def main() -> list[list[dict[str, Any]]]:
         convs = [
-            AsyncConversation(llama_server.async_client(), model=llama_server.model,
-                              context_window=llama_server.context_window)
+            AsyncConversation(
+                llama_server.async_client(),
+                model=llama_server.model,
+                context_window=llama_server.context_window,
+            )
             for _ in range(3)
         ]
-        await asyncio.gather(*(c.send(f"Say the number {i}.", max_tokens=8) for i, c in enumerate(convs)))
+        await asyncio.gather(
+            *(c.send(f"Say the number {i}.", max_tokens=8) for i, c in enumerate(convs))
+        )
         return [c.messages for c in convs]
 
     results = asyncio.run(main())
@@ -123,12 +137,29 @@ def test_rolling_summary_calls_the_real_model(llama_server: Any) -> None:
         system="You are a helpful assistant.",
         strategy=Pipeline(RollingSummary(max_summary_tokens=96), Truncate()),
     )
-    facts = ["My name is Lena.", "My cat is called Miso.", "I work as a nurse in Graz.",
-             "My sister Anna lives in Vienna.", "I was born on 3 May 1990."]
-    conv.extend([m for i, f in enumerate(facts * 3) for m in (
-        {"role": "user", "content": f"{f} " + "Tell me something about the weather today please. " * 4},
-        {"role": "assistant", "content": "Thank you for telling me. The weather is mild and calm today. " * 3},
-    )])
+    facts = [
+        "My name is Lena.",
+        "My cat is called Miso.",
+        "I work as a nurse in Graz.",
+        "My sister Anna lives in Vienna.",
+        "I was born on 3 May 1990.",
+    ]
+    conv.extend(
+        [
+            m
+            for i, f in enumerate(facts * 3)
+            for m in (
+                {
+                    "role": "user",
+                    "content": f"{f} " + "Tell me something about the weather today please. " * 4,
+                },
+                {
+                    "role": "assistant",
+                    "content": "Thank you for telling me. The weather is mild and calm today. " * 3,
+                },
+            )
+        ]
+    )
     conv.send("What is my cat called?", max_tokens=24, temperature=0)
     plan = conv.last_plan
     assert plan is not None

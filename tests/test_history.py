@@ -53,7 +53,10 @@ def test_append_is_atomic_on_invalid_message() -> None:
         ({"role": "user", "content": [{"type": "image_url", "image_url": {}}]}, "image_url"),
         ({"role": "user", "content": []}, "empty list"),
         (
-            {"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": {}}}]},
+            {
+                "role": "assistant",
+                "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": {}}}],
+            },
             "JSON string",
         ),
         ("hello", "must be a dict"),
@@ -66,7 +69,12 @@ def test_invalid_messages_are_named(msg: object, needle: str) -> None:
 
 def test_tool_message_without_call_is_refused() -> None:
     with pytest.raises(InvalidMessageError, match="answers no open tool call"):
-        check_sequence([{"role": "user", "content": "a"}, {"role": "tool", "tool_call_id": "x", "content": "1"}])
+        check_sequence(
+            [
+                {"role": "user", "content": "a"},
+                {"role": "tool", "tool_call_id": "x", "content": "1"},
+            ]
+        )
 
 
 def test_user_message_while_tool_calls_open_is_refused() -> None:
@@ -111,13 +119,20 @@ def test_reasoning_is_kept_in_history_but_not_on_the_wire() -> None:
 
 
 def test_split_turns_leading_assistant() -> None:
-    turns = split_turns([{"role": "assistant", "content": "hello"}, {"role": "user", "content": "hi"}])
+    turns = split_turns(
+        [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "hi"}]
+    )
     assert [len(t) for t in turns] == [1, 1]
 
 
 def test_json_round_trip_keeps_ids_and_summaries() -> None:
     h = History("sys")
-    h.append([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "reasoning_content": "r"}])
+    h.append(
+        [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b", "reasoning_content": "r"},
+        ]
+    )
     h.append([{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}])
     h.add_summary(Summary("a said", covers=(0,), model="m", prompt_tokens=3, completion_tokens=2))
     h.clear()
@@ -133,7 +148,11 @@ def test_json_round_trip_keeps_ids_and_summaries() -> None:
 
 def test_load_plain_message_list() -> None:
     back = History.from_dict(
-        [{"role": "system", "content": "s"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+        [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+        ]
     )
     assert back.system == {"role": "system", "content": "s"}
     assert len(back.turns) == 1

@@ -34,7 +34,13 @@ def turn_messages(draw: Any, tid: int) -> list[dict[str, Any]]:
             "role": "user",
             "content": [
                 {"type": "text", "text": draw(text)},
-                {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": draw(st.sampled_from(["low", "high", "auto"]))}},
+                {
+                    "type": "image_url",
+                    "image_url": {
+                        "url": "https://x/y.png",
+                        "detail": draw(st.sampled_from(["low", "high", "auto"])),
+                    },
+                },
             ],
         }
     else:
@@ -43,7 +49,11 @@ def turn_messages(draw: Any, tid: int) -> list[dict[str, Any]]:
     if kind == "tools":
         n = draw(st.integers(1, 3))
         calls = [
-            {"id": f"c{tid}_{j}", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "%s"}' % j}}
+            {
+                "id": f"c{tid}_{j}",
+                "type": "function",
+                "function": {"name": "lookup", "arguments": f'{{"q": "{j}"}}'},
+            }
             for j in range(n)
         ]
         msgs.append({"role": "assistant", "content": None, "tool_calls": calls})
@@ -76,7 +86,15 @@ def requests(draw: Any) -> ContextRequest:
     pending = [{"role": "user", "content": draw(text)}]
     tools = None
     if draw(st.booleans()):
-        tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]
+        tools = [
+            {
+                "type": "function",
+                "function": {
+                    "name": "lookup",
+                    "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+                },
+            }
+        ]
     req = ContextRequest(
         history=h,
         pending=pending,
@@ -151,7 +169,11 @@ def test_truncation_is_maximal(req: ContextRequest) -> None:
         return
     oldest_kept = min(plan.kept) if plan.kept else None
     turns = req.turns
-    idx = len(turns) - 1 if oldest_kept is None else next(i for i, t in enumerate(turns) if t.id == oldest_kept) - 1
+    idx = (
+        len(turns) - 1
+        if oldest_kept is None
+        else next(i for i, t in enumerate(turns) if t.id == oldest_kept) - 1
+    )
     if idx >= 0:
         assert plan.estimated_tokens + req.turn_tokens(turns[idx]) > req.budget.limit
 
@@ -159,10 +181,22 @@ def test_truncation_is_maximal(req: ContextRequest) -> None:
 def test_validator_catches_a_broken_plan() -> None:
     h = History("sys")
     call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-    h.append([{"role": "user", "content": "a"}, {"role": "assistant", "content": None, "tool_calls": [call]},
-              {"role": "tool", "tool_call_id": "c1", "content": "1"}, {"role": "assistant", "content": "b"}])
-    req = ContextRequest(history=h, pending=[{"role": "user", "content": "q"}], budget=Budget(4000, 100),
-                         counter=COUNTER, conversation_id="x", model="m")
+    h.append(
+        [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "1"},
+            {"role": "assistant", "content": "b"},
+        ]
+    )
+    req = ContextRequest(
+        history=h,
+        pending=[{"role": "user", "content": "q"}],
+        budget=Budget(4000, 100),
+        counter=COUNTER,
+        conversation_id="x",
+        model="m",
+    )
     plan = Truncate().build(req)
     check_plan(plan, req)
     recent = plan.section("recent")

@@ -8,7 +8,6 @@ import random
 import pytest
 
 from convmem import AsyncConversation, Conversation, UsageError
-from convmem.invariants import check_plan
 from convmem.strategies import Pipeline, RollingSummary, Truncate, VectorRecall
 from convmem.strategies.recall import RECALL_HEADER
 from convmem.testing import FakeChatServer
@@ -44,7 +43,10 @@ def long_log(n_turns: int, fact_turn: int, fact: str) -> list[dict[str, str]]:
     msgs = []
     for i in range(n_turns):
         text = fact if i == fact_turn else filler(i, rng)
-        msgs += [{"role": "user", "content": text}, {"role": "assistant", "content": "Noted, thanks for sharing."}]
+        msgs += [
+            {"role": "user", "content": text},
+            {"role": "assistant", "content": "Noted, thanks for sharing."},
+        ]
     return msgs
 
 
@@ -53,7 +55,9 @@ def test_fact_from_turn_3_of_200_reaches_a_late_question_truncate_alone_loses_it
     log = long_log(200, 3, fact)
     question = "What is the name of my daughter's piano teacher?"
 
-    trunc = Conversation(echo_server(1).client(), model="gpt-4o-mini", strategy=Truncate(max_tokens=2000))
+    trunc = Conversation(
+        echo_server(1).client(), model="gpt-4o-mini", strategy=Truncate(max_tokens=2000)
+    )
     trunc.extend(log)
     plan_t = trunc.preview(question)
     assert 3 in plan_t.dropped
@@ -61,8 +65,12 @@ def test_fact_from_turn_3_of_200_reaches_a_late_question_truncate_alone_loses_it
 
     recall = VectorRecall(client=chromadb.EphemeralClient(), collection="test_fact_turn3", k=4)
     server = echo_server(1)
-    conv = Conversation(server.client(), model="gpt-4o-mini", system="Be helpful.",
-                        strategy=Pipeline(recall, Truncate(max_tokens=2000)))
+    conv = Conversation(
+        server.client(),
+        model="gpt-4o-mini",
+        system="Be helpful.",
+        strategy=Pipeline(recall, Truncate(max_tokens=2000)),
+    )
     conv.extend(log)
     conv.send(question)
     sent = server.last_request["messages"]
@@ -84,14 +92,20 @@ def test_conversations_sharing_a_collection_only_recall_their_own_turns() -> Non
     convs = []
     for i in range(12):
         strategy = VectorRecall(client=client, collection="shared_isolation", k=3)
-        conv = Conversation(echo_server(1).client(), model="gpt-4o-mini", strategy=strategy,
-                            conversation_id=f"user-{i}")
-        conv.extend([
-            {"role": "user", "content": f"My locker code is {1000 + i}."},
-            {"role": "assistant", "content": "Noted."},
-            {"role": "user", "content": "I enjoy hiking on weekends."},
-            {"role": "assistant", "content": "Nice."},
-        ])
+        conv = Conversation(
+            echo_server(1).client(),
+            model="gpt-4o-mini",
+            strategy=strategy,
+            conversation_id=f"user-{i}",
+        )
+        conv.extend(
+            [
+                {"role": "user", "content": f"My locker code is {1000 + i}."},
+                {"role": "assistant", "content": "Noted."},
+                {"role": "user", "content": "I enjoy hiking on weekends."},
+                {"role": "assistant", "content": "Nice."},
+            ]
+        )
         convs.append(conv)
     for i, conv in enumerate(convs):
         conv.drain()
@@ -104,11 +118,21 @@ def test_conversations_sharing_a_collection_only_recall_their_own_turns() -> Non
 
 
 def test_recall_section_is_chronological_and_within_its_budget() -> None:
-    recall = VectorRecall(client=chromadb.EphemeralClient(), collection="test_chrono", k=5, max_tokens=300)
-    conv = Conversation(echo_server(1).client(), model="gpt-4o-mini",
-                        strategy=Pipeline(recall, Truncate(max_turns=2)))
+    recall = VectorRecall(
+        client=chromadb.EphemeralClient(), collection="test_chrono", k=5, max_tokens=300
+    )
+    conv = Conversation(
+        echo_server(1).client(),
+        model="gpt-4o-mini",
+        strategy=Pipeline(recall, Truncate(max_turns=2)),
+    )
     conv.extend(long_log(40, 5, "I adopted a cat named Pixel in 2019."))
-    conv.extend([{"role": "user", "content": "Pixel the cat loves tuna."}, {"role": "assistant", "content": "Cute."}])
+    conv.extend(
+        [
+            {"role": "user", "content": "Pixel the cat loves tuna."},
+            {"role": "assistant", "content": "Cute."},
+        ]
+    )
     plan = conv.preview("Tell me about my cat Pixel")
     sec = plan.section("recalled")
     assert sec is not None and sec.tokens <= 300
@@ -120,7 +144,9 @@ def test_recall_section_is_chronological_and_within_its_budget() -> None:
 
 
 def test_min_score_filters_everything_out() -> None:
-    recall = VectorRecall(client=chromadb.EphemeralClient(), collection="test_minscore", min_score=0.99)
+    recall = VectorRecall(
+        client=chromadb.EphemeralClient(), collection="test_minscore", min_score=0.99
+    )
     conv = Conversation(echo_server(1).client(), model="gpt-4o-mini", strategy=recall)
     conv.extend(long_log(10, 2, "The wifi password is hunter2."))
     plan = conv.preview("completely unrelated quantum chromodynamics")
@@ -137,8 +163,13 @@ def test_recall_with_summary_in_one_pipeline_and_invariants() -> None:
 
     server.respond_with(reply, times=200)
     recall = VectorRecall(client=chromadb.EphemeralClient(), collection="test_pipe_sum", k=3)
-    conv = Conversation(server.client(), model="m", context_window=1500, reply_reserve=200,
-                        strategy=Pipeline(RollingSummary(), recall, Truncate()))
+    conv = Conversation(
+        server.client(),
+        model="m",
+        context_window=1500,
+        reply_reserve=200,
+        strategy=Pipeline(RollingSummary(), recall, Truncate()),
+    )
     conv.extend(long_log(30, 1, "My passport number is X123-998."))
     conv.prepare_next()
     assert conv.history.summaries
@@ -154,9 +185,14 @@ def test_async_recall_stores_in_background() -> None:
     async def main() -> None:
         server = FakeChatServer()
         server.respond_with(lambda body: "ok", times=10)
-        recall = VectorRecall(client=chromadb.EphemeralClient(), collection="test_async_recall", k=2)
-        conv = AsyncConversation(server.async_client(), model="gpt-4o-mini",
-                                 strategy=Pipeline(recall, Truncate(max_turns=1)))
+        recall = VectorRecall(
+            client=chromadb.EphemeralClient(), collection="test_async_recall", k=2
+        )
+        conv = AsyncConversation(
+            server.async_client(),
+            model="gpt-4o-mini",
+            strategy=Pipeline(recall, Truncate(max_turns=1)),
+        )
         await conv.send("My favourite colour is teal.")
         for i in range(3):
             await conv.send(f"Random chatter number {i} about trains.")
@@ -174,7 +210,9 @@ def test_callable_embedder_and_argument_errors() -> None:
         calls.append(len(texts))
         return [[float(len(t) % 7), 1.0, float("cat" in t)] for t in texts]
 
-    recall = VectorRecall(client=chromadb.EphemeralClient(), collection="test_callable", embedder=embed, k=1)
+    recall = VectorRecall(
+        client=chromadb.EphemeralClient(), collection="test_callable", embedder=embed, k=1
+    )
     conv = Conversation(echo_server(1).client(), model="gpt-4o-mini", strategy=recall)
     conv.extend(long_log(5, 1, "I have a cat"))
     conv.drain()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from convmem.invariants import check_plan
 from convmem.strategies import Pipeline, RollingSummary, Truncate, default_should_summarize
 from convmem.strategies.compose import CUT_MARKER
 from convmem.strategy import Budget, ContextRequest
-from convmem.testing import FakeChatServer, ToolCallSpec
+from convmem.testing import FakeChatServer
 from convmem.tokens import default_counter
 
 COUNTER = default_counter("gpt-4o-mini")
@@ -37,7 +38,9 @@ def history(n: int, words: int = 20, system: str = "sys") -> History:
     return h
 
 
-def request(h: History, text: str = "new question", *, window: int = 1000, reserve: int = 100) -> ContextRequest:
+def request(
+    h: History, text: str = "new question", *, window: int = 1000, reserve: int = 100
+) -> ContextRequest:
     return ContextRequest(
         history=h,
         pending=[{"role": "user", "content": text}] if text else [],
@@ -110,8 +113,14 @@ def test_truncate_huge_user_message_is_a_clear_error() -> None:
 def test_truncate_in_conversation_sends_less_and_keeps_history() -> None:
     server = FakeChatServer()
     server.respond_with(lambda body: "ok " * 20, times=40)
-    conv = Conversation(server.client(), model="m", context_window=600, reply_reserve=100,
-                        system="sys", strategy=Truncate())
+    conv = Conversation(
+        server.client(),
+        model="m",
+        context_window=600,
+        reply_reserve=100,
+        system="sys",
+        strategy=Truncate(),
+    )
     for i in range(40):
         conv.send(f"message {i} " + "blah " * 15)
     assert len(conv.turns) == 40
@@ -134,7 +143,10 @@ def summary_server(n: int = 200) -> FakeChatServer:
         first = body["messages"][0]["content"]
         if "keep the memory of a conversation" in first:
             turns = body["messages"][1]["content"]
-            return {"content": f"- facts from {turns.count('User:')} user messages", "usage": {"prompt_tokens": 300, "completion_tokens": 12, "total_tokens": 312}}
+            return {
+                "content": f"- facts from {turns.count('User:')} user messages",
+                "usage": {"prompt_tokens": 300, "completion_tokens": 12, "total_tokens": 312},
+            }
         return "ok " * 10
 
     server.respond_with(reply, times=n)
@@ -148,8 +160,14 @@ def test_default_should_summarize() -> None:
 
 def test_rolling_summary_fires_at_trigger_and_folds_incrementally() -> None:
     server = summary_server()
-    conv = Conversation(server.client(), model="m", context_window=1000, reply_reserve=100,
-                        system="sys", strategy=RollingSummary())
+    conv = Conversation(
+        server.client(),
+        model="m",
+        context_window=1000,
+        reply_reserve=100,
+        system="sys",
+        strategy=RollingSummary(),
+    )
     fired_at: list[int] = []
     for i in range(30):
         conv.send(f"message {i} " + "blah " * 20)
@@ -167,10 +185,12 @@ def test_rolling_summary_fires_at_trigger_and_folds_incrementally() -> None:
     summaries = conv.history.summaries
     assert len(summaries) == len(fired_at)
     # Incremental: each summary covers everything the previous one did, and more.
-    for prev, nxt in zip(summaries, summaries[1:]):
+    for prev, nxt in itertools.pairwise(summaries):
         assert set(prev.covers) < set(nxt.covers)
     # The second summariser call was given the previous summary to fold in.
-    summariser_requests = [r for r in server.requests if "keep the memory" in r["messages"][0]["content"]]
+    summariser_requests = [
+        r for r in server.requests if "keep the memory" in r["messages"][0]["content"]
+    ]
     assert summaries[0].text in summariser_requests[1]["messages"][1]["content"]
     assert conv.usage.summary_calls == len(fired_at)
     assert conv.usage.summary_prompt_tokens == 300 * len(fired_at)
@@ -180,8 +200,13 @@ def test_rolling_summary_fires_at_trigger_and_folds_incrementally() -> None:
 
 def test_rolling_summary_context_stays_below_window() -> None:
     server = summary_server()
-    conv = Conversation(server.client(), model="m", context_window=1000, reply_reserve=100,
-                        strategy=RollingSummary())
+    conv = Conversation(
+        server.client(),
+        model="m",
+        context_window=1000,
+        reply_reserve=100,
+        strategy=RollingSummary(),
+    )
     for i in range(40):
         conv.send(f"message {i} " + "blah " * 20)
         assert conv.last_plan is not None
@@ -200,8 +225,13 @@ def test_summariser_failure_falls_back_to_truncation_and_retries() -> None:
         return "ok"
 
     server.respond_with(reply, times=200)
-    conv = Conversation(server.client(), model="m", context_window=1000, reply_reserve=100,
-                        strategy=RollingSummary(trigger=0.5))
+    conv = Conversation(
+        server.client(),
+        model="m",
+        context_window=1000,
+        reply_reserve=100,
+        strategy=RollingSummary(trigger=0.5),
+    )
     failed_plan = None
     for i in range(40):
         conv.send(f"message {i} " + "blah " * 20)
@@ -223,7 +253,9 @@ def test_summariser_failure_falls_back_to_truncation_and_retries() -> None:
 def _raise_500() -> Any:
     import httpx2
 
-    return httpx2.Response(500, json={"error": {"message": "summariser down", "type": "server_error"}})
+    return httpx2.Response(
+        500, json={"error": {"message": "summariser down", "type": "server_error"}}
+    )
 
 
 def test_summariser_can_use_another_client_and_model() -> None:
@@ -231,9 +263,14 @@ def test_summariser_can_use_another_client_and_model() -> None:
     main.respond_with(lambda body: "ok", times=50)
     cheap = FakeChatServer()
     cheap.respond_with(lambda body: "- cheap facts", times=50)
-    conv = Conversation(main.client(), model="gpt-4o", system="s",
-                        context_window=800, reply_reserve=100,
-                        strategy=RollingSummary(client=cheap.client(), model="gpt-4o-mini"))
+    conv = Conversation(
+        main.client(),
+        model="gpt-4o",
+        system="s",
+        context_window=800,
+        reply_reserve=100,
+        strategy=RollingSummary(client=cheap.client(), model="gpt-4o-mini"),
+    )
     for i in range(20):
         conv.send(f"m{i} " + "blah " * 20)
     assert cheap.requests and all(r["model"] == "gpt-4o-mini" for r in cheap.requests)
@@ -242,18 +279,31 @@ def test_summariser_can_use_another_client_and_model() -> None:
 
 def test_summary_covers_tool_turns_as_facts() -> None:
     server = summary_server()
-    conv = Conversation(server.client(), model="m", context_window=1000, reply_reserve=100,
-                        strategy=RollingSummary())
-    call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}}
-    conv.extend([
-        {"role": "user", "content": "look up x " + "blah " * 30},
-        {"role": "assistant", "content": None, "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": "c1", "content": "x is 42"},
-        {"role": "assistant", "content": "x is 42 " + "blah " * 30},
-    ])
+    conv = Conversation(
+        server.client(),
+        model="m",
+        context_window=1000,
+        reply_reserve=100,
+        strategy=RollingSummary(),
+    )
+    call = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "lookup", "arguments": '{"q": "x"}'},
+    }
+    conv.extend(
+        [
+            {"role": "user", "content": "look up x " + "blah " * 30},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "x is 42"},
+            {"role": "assistant", "content": "x is 42 " + "blah " * 30},
+        ]
+    )
     for i in range(20):
         conv.send(f"m{i} " + "blah " * 20)
-    summariser_requests = [r for r in server.requests if "keep the memory" in r["messages"][0]["content"]]
+    summariser_requests = [
+        r for r in server.requests if "keep the memory" in r["messages"][0]["content"]
+    ]
     first = summariser_requests[0]["messages"][1]["content"]
     assert 'Assistant called lookup({"q":"x"})' in first
     assert "Tool result (c1): x is 42" in first
@@ -261,10 +311,23 @@ def test_summary_covers_tool_turns_as_facts() -> None:
 
 def test_preview_does_not_call_the_summariser() -> None:
     server = summary_server()
-    conv = Conversation(server.client(), model="m", context_window=1000, reply_reserve=100,
-                        strategy=Pipeline(RollingSummary(), Truncate()))
-    conv.extend([m for i in range(30) for m in ({"role": "user", "content": "blah " * 20},
-                                                {"role": "assistant", "content": "blah " * 20})])
+    conv = Conversation(
+        server.client(),
+        model="m",
+        context_window=1000,
+        reply_reserve=100,
+        strategy=Pipeline(RollingSummary(), Truncate()),
+    )
+    conv.extend(
+        [
+            m
+            for i in range(30)
+            for m in (
+                {"role": "user", "content": "blah " * 20},
+                {"role": "assistant", "content": "blah " * 20},
+            )
+        ]
+    )
     plan = conv.preview("hello")
     assert server.requests == []
     assert any("summary is due" in n for n in plan.notes)
@@ -273,8 +336,14 @@ def test_preview_does_not_call_the_summariser() -> None:
 def test_prepare_next_and_background_summary() -> None:
     async def main() -> None:
         server = summary_server()
-        conv = AsyncConversation(server.async_client(), model="m", context_window=1000,
-                                 reply_reserve=100, strategy=RollingSummary(), background_summary=True)
+        conv = AsyncConversation(
+            server.async_client(),
+            model="m",
+            context_window=1000,
+            reply_reserve=100,
+            strategy=RollingSummary(),
+            background_summary=True,
+        )
         for i in range(30):
             await conv.send(f"message {i} " + "blah " * 20)
         await conv.drain()
@@ -297,8 +366,13 @@ def test_pipeline_validation() -> None:
 
 def test_pipeline_truncate_cap_applies_to_whole_context() -> None:
     server = summary_server()
-    conv = Conversation(server.client(), model="m", context_window=100_000, reply_reserve=1000,
-                        strategy=Pipeline(RollingSummary(), Truncate(max_tokens=500)))
+    conv = Conversation(
+        server.client(),
+        model="m",
+        context_window=100_000,
+        reply_reserve=1000,
+        strategy=Pipeline(RollingSummary(), Truncate(max_tokens=500)),
+    )
     for i in range(30):
         conv.send(f"message {i} " + "blah " * 20)
         assert conv.last_plan is not None and conv.last_plan.corrected_tokens <= 500

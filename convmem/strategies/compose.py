@@ -112,7 +112,11 @@ class Composition:
         else:
             dropped = _ids(turns[:end])
         if len(dropped):
-            spans.append(DecisionSpan("dropped", f"over budget ({self.limit} estimated prompt tokens)", dropped))
+            spans.append(
+                DecisionSpan(
+                    "dropped", f"over budget ({self.limit} estimated prompt tokens)", dropped
+                )
+            )
         return spans
 
 
@@ -161,7 +165,9 @@ def fit_pending(request: ContextRequest, limit: int) -> tuple[list[Message], int
     if sum(tokens) <= room:
         return msgs, sum(tokens), notes
     tool_idx = [
-        i for i, m in enumerate(msgs) if m.get("role") == "tool" and isinstance(m.get("content"), str)
+        i
+        for i, m in enumerate(msgs)
+        if m.get("role") == "tool" and isinstance(m.get("content"), str)
     ]
     excess = sum(tokens) - room
     total_tool = sum(tokens[i] for i in tool_idx)
@@ -280,7 +286,9 @@ def _merge_fillers(fillers: Sequence[Any]) -> Any:
         return fillers[0]
     turns = [f.max_turns for f in fillers if f.max_turns is not None]
     tokens = [f.max_tokens for f in fillers if f.max_tokens is not None]
-    return Truncate(max_turns=min(turns) if turns else None, max_tokens=min(tokens) if tokens else None)
+    return Truncate(
+        max_turns=min(turns) if turns else None, max_tokens=min(tokens) if tokens else None
+    )
 
 
 def prepare_all(components: Sequence[Any], request: ContextRequest) -> list[Job]:

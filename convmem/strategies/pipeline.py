@@ -48,7 +48,11 @@ class Pipeline:
 
     @property
     def name(self) -> str:
-        return "Pipeline(" + ", ".join(getattr(s, "name", type(s).__name__) for s in self.strategies) + ")"
+        return (
+            "Pipeline("
+            + ", ".join(getattr(s, "name", type(s).__name__) for s in self.strategies)
+            + ")"
+        )
 
     def __repr__(self) -> str:
         return self.name

@@ -103,7 +103,9 @@ class VectorRecall:
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise UsageError(f"VectorRecall(k=...) must be a positive int, got {k!r}")
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
-            raise UsageError(f"VectorRecall(max_tokens=...) must be a positive int, got {max_tokens!r}")
+            raise UsageError(
+                f"VectorRecall(max_tokens=...) must be a positive int, got {max_tokens!r}"
+            )
         if role not in ("system", "user"):
             raise UsageError("VectorRecall(role=...) must be 'system' or 'user'")
         if not isinstance(collection, str) or len(collection) < 3:
@@ -161,7 +163,7 @@ class VectorRecall:
             from ..store import StoredTurn
 
             texts = [render_turn(t, include_tool_output=self.include_tool_output) for t in finished]
-            keep = [(t, x) for t, x in zip(finished, texts) if x.strip()]
+            keep = [(t, x) for t, x in zip(finished, texts, strict=False) if x.strip()]
             if not keep:
                 return 0
             vectors = self.embedder([x for _, x in keep])
@@ -205,7 +207,9 @@ class VectorRecall:
         if result is None:
             return
         if not result.ok:
-            comp.notes.append(f"recall failed ({type(result.error).__name__}: {result.error}); sent without it")
+            comp.notes.append(
+                f"recall failed ({type(result.error).__name__}: {result.error}); sent without it"
+            )
             return
         budget = comp.remaining
         if self.max_tokens is not None:
@@ -241,5 +245,7 @@ class VectorRecall:
         for turn, score in chosen:
             when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(turn.created_at))
             body = render_turn(turn, include_tool_output=self.include_tool_output)
-            blocks.append(f'<turn id="{turn.id}" time="{when}" similarity="{score:.2f}">\n{body}\n</turn>')
+            blocks.append(
+                f'<turn id="{turn.id}" time="{when}" similarity="{score:.2f}">\n{body}\n</turn>'
+            )
         return {"role": self.message_role, "content": "\n".join(blocks)}

@@ -35,7 +35,9 @@ class Truncate:
 
     def __init__(self, max_turns: int | None = None, max_tokens: int | None = None) -> None:
         for label, value in (("max_turns", max_turns), ("max_tokens", max_tokens)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 0
+            ):
                 raise UsageError(f"Truncate({label}=...) must be a non-negative int, got {value!r}")
         if max_tokens == 0:
             raise UsageError("Truncate(max_tokens=0) leaves no room for the new message")
