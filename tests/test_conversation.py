@@ -451,3 +451,37 @@ def test_preview_makes_no_call() -> None:
     assert plan.messages[-1] == {"role": "user", "content": "what would you send?"}
     assert server.requests == []
     assert conv.messages == [SYS]
+
+
+def test_keyboard_interrupt_during_send_commits_nothing() -> None:
+    server = FakeChatServer().reply("one")
+    conv = make(server)
+    conv.send("first")
+    before = conv.messages
+
+    def interrupt(body: dict[str, Any]) -> Any:
+        raise KeyboardInterrupt
+
+    server.respond_with(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        conv.send("second")
+    assert conv.messages == before
+
+
+def test_stream_n_choices_commits_the_chosen_one() -> None:
+    server = FakeChatServer().reply(choices=[ChoiceSpec("alpha"), ChoiceSpec("beta gamma")])
+    conv = make(server)
+    events = list(conv.stream("x", n=2, choose=lambda c: 1))
+    deltas = {e.choice for e in events if isinstance(e, TextDelta)}
+    assert deltas == {0, 1}
+    end = events[-1]
+    assert isinstance(end, StreamEnd) and len(end.completion.choices) == 2
+    assert conv.messages[-1]["content"] == "beta gamma"
+
+
+def test_prepare_next_without_a_summary_strategy_does_nothing() -> None:
+    server = FakeChatServer()
+    conv = make(server)
+    conv.extend([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+    assert conv.prepare_next() is None
+    assert server.requests == []
