@@ -141,6 +141,7 @@ class History:
 
     def __init__(self, system: str | Mapping[str, Any] | None = None) -> None:
         self.system: Message | None = _system_message(system)
+        self._system_tokens: tuple[int, int] | None = None  # (id(counter), tokens)
         self._turns: list[Turn] = []
         self._summaries: list[Summary] = []
         self._next_id = 0
@@ -253,6 +254,15 @@ class History:
 
     def set_system(self, system: str | Mapping[str, Any] | None) -> None:
         self.system = _system_message(system)
+        self._system_tokens = None
+
+    def system_tokens(self, counter: TokenCounter) -> int:
+        """Tokens of the pinned system message (counted once per counter)."""
+        if self.system is None:
+            return 0
+        if self._system_tokens is None or self._system_tokens[0] != id(counter):
+            self._system_tokens = (id(counter), counter.count_message(self.system))
+        return self._system_tokens[1]
 
     # -- JSON ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

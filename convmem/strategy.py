@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import BudgetError, ContextOverflowError
@@ -102,24 +103,24 @@ class ContextRequest:
     def wire(self, turn: Turn) -> list[Message]:
         return turn.wire_messages(send_reasoning=self.send_reasoning)
 
-    @property
+    # Counted once per request: strategies read these in loops.
+    @cached_property
     def pending_wire(self) -> list[Message]:
         return [to_wire(m, send_reasoning=self.send_reasoning) for m in self.pending]
 
-    @property
+    @cached_property
     def pending_tokens(self) -> int:
         return sum(self.counter.count_message(m) for m in self.pending_wire)
 
-    @property
+    @cached_property
     def system_tokens(self) -> int:
-        sys = self.history.system
-        return self.counter.count_message(sys) if sys else 0
+        return self.history.system_tokens(self.counter)
 
-    @property
+    @cached_property
     def tools_tokens(self) -> int:
         return self.counter.count_tools(self.tools) if self.tools else 0
 
-    @property
+    @cached_property
     def fixed_tokens(self) -> int:
         """What every context costs whatever the strategy: system, tools, reply priming."""
         return self.system_tokens + self.tools_tokens + self.counter.reply_priming
