@@ -1,0 +1,454 @@
+"""Finished conversation turns stored as vectors in Chroma, for vector recall.
+
+A :class:`TurnStore` is one Chroma collection shared by any number of conversations. Each
+stored turn carries its ``conversation_id``, and every query filters on it, so a conversation
+only ever recalls its own turns, however many others share the collection.
+
+convmem always passes explicit embeddings (see :mod:`convmem.embed`): the collection is
+created without an embedding function, because Chroma's default one downloads a model.
+Similarity is cosine; a :class:`RecallHit`'s ``score`` is the cosine similarity
+(``1 - cosine distance``), higher is closer::
+
+    store = TurnStore()  # private, in memory; TurnStore("path/to/dir") persists
+    store.add([StoredTurn("conv-1", 0, "I live in Lyon", time.time())], embed(["I live in Lyon"]))
+    hits = store.query("conv-1", embed(["where do I live?"])[0], k=4)
+
+``chromadb`` is imported only when a store is created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import threading
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import MissingExtraError, UsageError
+
+DEFAULT_COLLECTION = "convmem_turns"
+"""The collection a :class:`TurnStore` uses unless told otherwise."""
+
+# Chroma 1.x's rule for collection names; checked here so the error names convmem's argument.
+_COLLECTION_NAME = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9._-]{1,510})[a-zA-Z0-9]$")
+# Chroma refuses larger upserts (5461 rows on a local 1.5 client); used when a client can't say.
+_FALLBACK_MAX_BATCH = 5000
+
+
+@dataclass(frozen=True)
+class StoredTurn:
+    """One finished turn, as stored for recall.
+
+    Attributes:
+        conversation_id: The conversation it belongs to; queries never cross it.
+        turn_id: Its index in that conversation's history (unique within the conversation).
+        text: What is embedded and recalled: typically the user message and the reply.
+        created_at: When the turn finished, seconds since the epoch.
+    """
+
+    conversation_id: str
+    turn_id: int
+    text: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class RecallHit:
+    """A stored turn returned by :meth:`TurnStore.query`.
+
+    Attributes:
+        conversation_id: The conversation it belongs to (always the one queried).
+        turn_id: Its index in that conversation's history.
+        text: The stored text.
+        created_at: When the turn finished, seconds since the epoch.
+        score: Cosine similarity to the query, in ``[-1, 1]``; higher is closer.
+    """
+
+    conversation_id: str
+    turn_id: int
+    text: str
+    created_at: float
+    score: float
+
+
+def _import_chromadb() -> Any:
+    try:
+        import chromadb
+    except ImportError as exc:
+        raise MissingExtraError("vector recall", "recall", "chromadb") from exc
+    return chromadb
+
+
+def _open(factory: Callable[..., Any], chromadb: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """Calls a Chroma client factory with telemetry off; returns ``(client, settings)``.
+
+    Chroma keeps one system per store per process and refuses a second client whose settings
+    differ ("An instance of Chroma already exists ... with different settings"). When the
+    user already opened the same store with default settings, share theirs instead of failing.
+    """
+    settings = chromadb.config.Settings(anonymized_telemetry=False)
+    try:
+        return factory(settings=settings, **kwargs), settings
+    except ValueError as exc:
+        if "different settings" not in str(exc):
+            raise
+        fallback = chromadb.config.Settings()
+        try:
+            return factory(settings=fallback, **kwargs), fallback
+        except ValueError:
+            raise UsageError(
+                "this Chroma store is already open in this process with other settings; "
+                "pass that client as TurnStore(client=...)"
+            ) from exc
+
+
+# One admin client for the process, to create and drop the private in-memory databases of
+# TurnStore(client=None). Chroma admin clients have no close(), so one per store would leak.
+_ADMIN: tuple[Any, Any] | None = None
+_ADMIN_LOCK = threading.Lock()
+
+
+def _ephemeral_admin(chromadb: Any) -> tuple[Any, Any]:
+    global _ADMIN
+    with _ADMIN_LOCK:
+        if _ADMIN is None:
+            _ADMIN = _open(chromadb.AdminClient, chromadb)
+        return _ADMIN
+
+
+def _release(client: Any, admin: Any, database: str | None) -> None:
+    # Runs from close() or the garbage collector, possibly at interpreter exit: never raise.
+    # Best effort is enough: what is left behind is in memory and dies with the process.
+    if admin is not None and database is not None:
+        with contextlib.suppress(Exception):
+            admin.delete_database(database)
+    close = getattr(client, "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            close()
+
+
+class TurnStore:
+    """Stores turns with their embeddings in a Chroma collection and queries them.
+
+    Thread-safe as far as the Chroma client is (the local and HTTP clients are).
+
+    Args:
+        client: Where to store:
+
+            * ``None``: a new private in-memory store (Chroma shares one in-memory system per
+              process, so this store gets its own database in it, dropped on :meth:`close`
+              or when the store is garbage-collected).
+            * a ``str`` or path: a ``chromadb.PersistentClient`` on that directory.
+            * a Chroma client (``EphemeralClient``, ``PersistentClient``, ``HttpClient``):
+              used as is, and left open by :meth:`close`.
+
+            Clients convmem creates have anonymized telemetry off.
+        collection: The collection name (3-512 characters from ``[a-zA-Z0-9._-]``,
+            starting and ending with a letter or digit). Created with cosine distance and no
+            embedding function if missing.
+
+    Raises:
+        MissingExtraError: ``chromadb`` is not installed.
+        UsageError: The collection name is invalid, ``client`` is not a Chroma client, or
+            the collection exists with a distance other than cosine.
+    """
+
+    def __init__(self, client: Any = None, *, collection: str = DEFAULT_COLLECTION) -> None:
+        if not isinstance(collection, str) or not _COLLECTION_NAME.match(collection):
+            raise UsageError(
+                f"invalid collection name {collection!r}: Chroma needs 3-512 characters "
+                "from [a-zA-Z0-9._-], starting and ending with a letter or digit"
+            )
+        chromadb = _import_chromadb()
+        owned_admin: Any = None
+        database: str | None = None
+        owns_client = True
+        if client is None:
+            owned_admin, settings = _ephemeral_admin(chromadb)
+            database = f"convmem_{uuid.uuid4().hex}"
+            owned_admin.create_database(database)
+            client = chromadb.EphemeralClient(settings=settings, database=database)
+        elif isinstance(client, (str, os.PathLike)):
+            client, _ = _open(chromadb.PersistentClient, chromadb, path=os.fspath(client))
+        elif callable(getattr(client, "get_or_create_collection", None)):
+            owns_client = False
+        else:
+            raise UsageError(
+                "client must be None, a directory path or a chromadb client, "
+                f"got {type(client).__name__}"
+            )
+        self._client = client
+        self._name = collection
+        self._finalizer = weakref.finalize(
+            self, _release, client if owns_client else None, owned_admin, database
+        )
+        self._closed = False
+        try:
+            self._collection = client.get_or_create_collection(
+                collection,
+                configuration={"hnsw": {"space": "cosine"}},
+                embedding_function=None,
+            )
+            self._check_space()
+        except BaseException:
+            self.close()
+            raise
+        batch = getattr(client, "get_max_batch_size", None)
+        self._max_batch = int(batch()) if callable(batch) else _FALLBACK_MAX_BATCH
+
+    def _check_space(self) -> None:
+        # get_or_create_collection returns an existing collection as it is, whatever
+        # configuration we passed; scores are only cosine similarities if its space is cosine.
+        space: Any = None
+        config = getattr(self._collection, "configuration", None) or {}
+        for index in ("hnsw", "spann"):
+            section = config.get(index) if hasattr(config, "get") else None
+            if section and section.get("space"):
+                space = section["space"]
+                break
+        if space is None:
+            space = (self._collection.metadata or {}).get("hnsw:space")
+        if space is not None and str(space) != "cosine":
+            raise UsageError(
+                f"collection {self._name!r} already exists with distance {space!r}; "
+                "convmem needs cosine: use another collection name"
+            )
+
+    @property
+    def client(self) -> Any:
+        """The Chroma client."""
+        return self._client
+
+    @property
+    def collection(self) -> Any:
+        """The Chroma collection (for inspection; write through the store)."""
+        return self._collection
+
+    @property
+    def name(self) -> str:
+        """The collection name."""
+        return self._name
+
+    def add(self, turns: Sequence[StoredTurn], embeddings: Sequence[Sequence[float]]) -> None:
+        """Stores turns with their embeddings, replacing any stored under the same ids.
+
+        A turn's id is ``(conversation_id, turn_id)``, so adding the same turn again is a
+        no-op, and adding a changed one replaces it. Within one call the last of duplicate
+        ids wins.
+
+        Args:
+            turns: The turns.
+            embeddings: One vector per turn, in the same order, all of the collection's
+                dimension.
+
+        Raises:
+            UsageError: Counts differ, a turn is malformed, or Chroma refused the vectors
+                (e.g. a dimension different from the ones already stored).
+        """
+        self._check_open()
+        if len(turns) != len(embeddings):
+            raise UsageError(f"{len(turns)} turns but {len(embeddings)} embeddings")
+        rows: dict[str, tuple[StoredTurn, Sequence[float]]] = {}
+        for i, turn in enumerate(turns):
+            if not isinstance(turn, StoredTurn):
+                raise UsageError(f"turns[{i}] is {type(turn).__name__}, not StoredTurn")
+            _check_conversation_id(turn.conversation_id)
+            if isinstance(turn.turn_id, bool) or not isinstance(turn.turn_id, int):
+                raise UsageError(f"turns[{i}].turn_id must be an int, got {turn.turn_id!r}")
+            if not isinstance(turn.text, str):
+                raise UsageError(f"turns[{i}].text must be a str")
+            rows[_turn_key(turn.conversation_id, turn.turn_id)] = (turn, embeddings[i])
+        items = list(rows.items())
+        for start in range(0, len(items), self._max_batch):
+            chunk = items[start : start + self._max_batch]
+            self._call(
+                self._collection.upsert,
+                ids=[key for key, _ in chunk],
+                embeddings=[_vector(vec) for _, (_, vec) in chunk],
+                metadatas=[
+                    {
+                        "conversation_id": turn.conversation_id,
+                        "turn_id": turn.turn_id,
+                        "created_at": float(turn.created_at),
+                    }
+                    for _, (turn, _) in chunk
+                ],
+                documents=[turn.text for _, (turn, _) in chunk],
+            )
+
+    def query(
+        self,
+        conversation_id: str,
+        embedding: Sequence[float],
+        *,
+        k: int = 8,
+        min_score: float | None = None,
+        exclude_turn_ids: Iterable[int] = (),
+    ) -> list[RecallHit]:
+        """Finds a conversation's stored turns closest to ``embedding``.
+
+        Only turns of ``conversation_id`` are searched. Exclusions are filtered inside
+        Chroma (``$nin``), so up to ``k`` hits come back even when the best matches are
+        excluded (measured no slower than over-fetching and filtering here).
+
+        Args:
+            conversation_id: Whose turns to search.
+            embedding: The query vector.
+            k: At most this many hits; fewer when the conversation has fewer turns.
+            min_score: Drop hits whose cosine similarity is below this.
+            exclude_turn_ids: Turns never to return (e.g. those already in the context); any
+                iterable of ids.
+
+        Returns:
+            Hits, best first (ties by ascending ``turn_id``).
+
+        Raises:
+            UsageError: ``k`` is not a positive int, ``min_score`` is not a number, or Chroma
+                refused the vector (e.g. wrong dimension).
+        """
+        self._check_open()
+        _check_conversation_id(conversation_id)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise UsageError(f"k must be a positive int, got {k!r}")
+        if min_score is not None and (
+            isinstance(min_score, bool)
+            or not isinstance(min_score, (int, float))
+            or math.isnan(min_score)
+        ):
+            raise UsageError(f"min_score must be a number or None, got {min_score!r}")
+        excluded = sorted({int(t) for t in exclude_turn_ids})
+        where: dict[str, Any] = {"conversation_id": conversation_id}
+        if excluded:
+            where = {"$and": [where, {"turn_id": {"$nin": excluded}}]}
+        # Chroma 1.x returns fewer than n_results, without a warning, when the filter matches
+        # fewer rows (0.4.x warned); an empty result is [[]].
+        result = self._call(
+            self._collection.query,
+            query_embeddings=[_vector(embedding)],
+            n_results=k,
+            where=where,
+            include=["documents", "metadatas", "distances"],
+        )
+        hits = [
+            RecallHit(
+                conversation_id=str(meta["conversation_id"]),
+                turn_id=int(meta["turn_id"]),
+                text=doc if doc is not None else "",
+                created_at=float(meta.get("created_at") or 0.0),
+                # Float error can push 1 - distance a hair outside [-1, 1].
+                score=max(-1.0, min(1.0, 1.0 - float(distance))),
+            )
+            for doc, meta, distance in zip(
+                (result.get("documents") or [[]])[0],
+                (result.get("metadatas") or [[]])[0],
+                (result.get("distances") or [[]])[0],
+                strict=True,
+            )
+        ]
+        if min_score is not None:
+            hits = [hit for hit in hits if hit.score >= min_score]
+        hits.sort(key=lambda hit: (-hit.score, hit.turn_id))
+        return hits
+
+    def stored_turn_ids(self, conversation_id: str) -> set[int]:
+        """The turn ids stored for a conversation.
+
+        Args:
+            conversation_id: The conversation.
+
+        Returns:
+            Its stored turn ids (empty if none).
+        """
+        self._check_open()
+        _check_conversation_id(conversation_id)
+        result = self._collection.get(
+            where={"conversation_id": conversation_id}, include=["metadatas"]
+        )
+        return {int(meta["turn_id"]) for meta in result.get("metadatas") or []}
+
+    def delete_conversation(self, conversation_id: str) -> None:
+        """Deletes every stored turn of a conversation (others are untouched).
+
+        Args:
+            conversation_id: The conversation.
+        """
+        self._check_open()
+        _check_conversation_id(conversation_id)
+        self._collection.delete(where={"conversation_id": conversation_id})
+
+    def count(self, conversation_id: str | None = None) -> int:
+        """How many turns are stored.
+
+        Args:
+            conversation_id: Count only this conversation's turns; ``None`` counts all.
+
+        Returns:
+            The number of stored turns.
+        """
+        self._check_open()
+        if conversation_id is None:
+            return int(self._collection.count())
+        _check_conversation_id(conversation_id)
+        result = self._collection.get(where={"conversation_id": conversation_id}, include=[])
+        return len(result["ids"])
+
+    def close(self) -> None:
+        """Releases what the store opened: drops a private in-memory database, closes a client
+        it created from a path. A client passed in is left open. Idempotent; the store cannot
+        be used afterwards."""
+        self._closed = True
+        self._finalizer()
+
+    def __enter__(self) -> TurnStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TurnStore(collection={self._name!r}, client={type(self._client).__name__})"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError("this TurnStore is closed")
+
+    def _call(self, method: Callable[..., Any], **kwargs: Any) -> Any:
+        # Chroma reports bad vectors (wrong dimension, NaN) as InvalidArgumentError; they are
+        # the caller's mistake, so they surface as UsageError with Chroma's message.
+        errors = _import_chromadb().errors
+        try:
+            return method(**kwargs)
+        except errors.InvalidArgumentError as exc:
+            raise UsageError(f"Chroma refused the request on {self._name!r}: {exc}") from exc
+
+
+def _turn_key(conversation_id: str, turn_id: int) -> str:
+    return f"{conversation_id}:{turn_id}"
+
+
+def _check_conversation_id(conversation_id: Any) -> None:
+    if not isinstance(conversation_id, str) or not conversation_id:
+        raise UsageError(f"conversation_id must be a non-empty str, got {conversation_id!r}")
+
+
+def _vector(values: Sequence[float]) -> list[float]:
+    if isinstance(values, (str, bytes)):
+        raise UsageError("an embedding must be a sequence of numbers, not a string")
+    try:
+        vector = [float(x) for x in values]
+    except (TypeError, ValueError) as exc:
+        raise UsageError("an embedding must be a sequence of numbers") from exc
+    if not vector:
+        raise UsageError("an embedding must not be empty")
+    if not all(math.isfinite(x) for x in vector):
+        raise UsageError("an embedding must hold finite numbers (no NaN or infinity)")
+    return vector
+
+
+__all__ = ["DEFAULT_COLLECTION", "RecallHit", "StoredTurn", "TurnStore"]
