@@ -293,6 +293,25 @@ def _hub_offline() -> Iterator[None]:
             setattr(constants, "HF_HUB_OFFLINE", saved_const)  # noqa: B010
 
 
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Hides transformers' "Loading weights" progress bar (a library should not print)."""
+    try:
+        import transformers.utils.logging as _hf
+
+        hf_logging: Any = _hf
+    except ImportError:  # pragma: no cover - sentence-transformers always brings transformers
+        yield
+        return
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _load_model(key: str, *, local: bool) -> Any:
     """Loads (or returns the cached) ``SentenceTransformer`` for a local dir or a hub name."""
     with _CACHE_LOCK:
@@ -302,11 +321,12 @@ def _load_model(key: str, *, local: bool) -> Any:
         # Imported before _hub_offline so the hub library reads the user's own environment.
         st = _import_sentence_transformers()
         try:
-            if local:
-                with _hub_offline():
-                    model = st.SentenceTransformer(key, device=_DEVICE, local_files_only=True)
-            else:
-                model = st.SentenceTransformer(key, device=_DEVICE)
+            with _quiet_loading():
+                if local:
+                    with _hub_offline():
+                        model = st.SentenceTransformer(key, device=_DEVICE, local_files_only=True)
+                else:
+                    model = st.SentenceTransformer(key, device=_DEVICE)
         except Exception as exc:
             where = (
                 f"from the local directory {key}"
