@@ -360,10 +360,37 @@ class _Core:
             self.history.add_summary(plan.new_summary)
         return plan.new_summary
 
+    def _job_call(self, job: LLMJob) -> tuple[Any, dict[str, Any]]:
+        """The client and ``create`` arguments of a strategy's LLM job."""
+        kwargs: dict[str, Any] = {
+            "model": job.model or self.model,
+            "messages": job.messages,
+            **dict(job.params),
+        }
+        if job.timeout is not None:
+            kwargs["timeout"] = job.timeout
+        return (job.client if job.client is not None else self.client), kwargs
+
     def _observe_jobs(self, turns: Sequence[Turn]) -> Sequence[Job]:
         if turns and isinstance(self.strategy, ObservingStrategy):
             return self.strategy.observe(self.conversation_id, turns)
         return ()
+
+
+def _load_kwargs(data: str | Mapping[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments for a conversation loaded from ``to_json`` output."""
+    import json
+
+    raw = json.loads(data) if isinstance(data, str) else data
+    if isinstance(raw, Mapping):
+        kwargs.setdefault("model", raw.get("model"))
+        kwargs.setdefault("conversation_id", raw.get("conversation_id"))
+    return {**kwargs, "history": History.from_dict(raw)}
+
+
+def _parsed(completion: ChatCompletion, choose: Chooser | None) -> Any:
+    index = choose(completion) if choose else 0
+    return getattr(completion.choices[index].message, "parsed", None)
 
 
 def _assistant_message(msg: Any) -> Message:
@@ -466,15 +493,8 @@ class Conversation(_Core):
     @classmethod
     def from_json(cls, client: Any, data: str | Mapping[str, Any], **kwargs: Any) -> Conversation:
         """Loads a conversation saved with :meth:`to_json` (or a plain list of messages)."""
-        import json
-
-        raw = json.loads(data) if isinstance(data, str) else data
-        history = History.from_dict(raw)
-        if isinstance(raw, Mapping):
-            kwargs.setdefault("model", raw.get("model"))
-            kwargs.setdefault("conversation_id", raw.get("conversation_id"))
-        conv = cls(client, history=history, **kwargs)
-        conv._spawn_observe(history.turn_list())
+        conv = cls(client, **_load_kwargs(data, kwargs))
+        conv._spawn_observe(conv.history.turn_list())
         return conv
 
     def prepare_next(self) -> Summary | None:
@@ -555,9 +575,7 @@ class Conversation(_Core):
         """
         params["response_format"] = response_format
         call = self._begin(message, tools, choose, None, params)
-        completion = self._run(call, self.client.chat.completions.parse)
-        index = choose(completion) if choose else 0
-        return getattr(completion.choices[index].message, "parsed", None)
+        return _parsed(self._run(call, self.client.chat.completions.parse), choose)
 
     def _run(self, call: _Call, create: Callable[..., Any]) -> ChatCompletion:
         with self._lock:
@@ -636,17 +654,13 @@ class Conversation(_Core):
             self._record_job(request, job, result)
 
     def _run_llm_job(self, job: LLMJob) -> JobResult:
-        client = job.client if job.client is not None else self.client
-        model = job.model or self.model
+        client, kwargs = self._job_call(job)
         t0 = time.perf_counter()
         try:
-            extra = {"timeout": job.timeout} if job.timeout is not None else {}
-            value = client.chat.completions.create(
-                model=model, messages=job.messages, **dict(job.params), **extra
-            )
-            return JobResult(value=value, seconds=time.perf_counter() - t0, model=model)
+            value = client.chat.completions.create(**kwargs)
+            return JobResult(value=value, seconds=time.perf_counter() - t0, model=kwargs["model"])
         except Exception as exc:  # the strategy falls back; KeyboardInterrupt still propagates
-            return JobResult(error=exc, seconds=time.perf_counter() - t0, model=model)
+            return JobResult(error=exc, seconds=time.perf_counter() - t0, model=kwargs["model"])
 
 
 class AsyncConversation(_Core):
@@ -697,15 +711,8 @@ class AsyncConversation(_Core):
         cls, client: Any, data: str | Mapping[str, Any], **kwargs: Any
     ) -> AsyncConversation:
         """Loads a conversation saved with :meth:`to_json`."""
-        import json
-
-        raw = json.loads(data) if isinstance(data, str) else data
-        history = History.from_dict(raw)
-        if isinstance(raw, Mapping):
-            kwargs.setdefault("model", raw.get("model"))
-            kwargs.setdefault("conversation_id", raw.get("conversation_id"))
-        conv = cls(client, history=history, **kwargs)
-        await conv._run_jobs(None, conv._observe_jobs(history.turn_list()))
+        conv = cls(client, **_load_kwargs(data, kwargs))
+        await conv._run_jobs(None, conv._observe_jobs(conv.history.turn_list()))
         return conv
 
     async def drain(self) -> None:
@@ -754,9 +761,7 @@ class AsyncConversation(_Core):
         """Structured output; see :meth:`Conversation.parse`."""
         params["response_format"] = response_format
         call = self._begin(message, tools, choose, None, params)
-        completion = await self._run(call, self.client.chat.completions.parse)
-        index = choose(completion) if choose else 0
-        return getattr(completion.choices[index].message, "parsed", None)
+        return _parsed(await self._run(call, self.client.chat.completions.parse), choose)
 
     async def _run(self, call: _Call, create: Callable[..., Any]) -> ChatCompletion:
         async with self._lock:
@@ -855,13 +860,11 @@ class AsyncConversation(_Core):
             self._record_job(request, job, result)
 
     async def _run_llm_job(self, job: LLMJob) -> JobResult:
-        client = job.client if job.client is not None else self.client
-        model = job.model or self.model
+        client, kwargs = self._job_call(job)
+        model = kwargs["model"]
         t0 = time.perf_counter()
-        extra = {"timeout": job.timeout} if job.timeout is not None else {}
         try:
             create = client.chat.completions.create
-            kwargs = {"model": model, "messages": job.messages, **dict(job.params), **extra}
             if isinstance(client, openai.OpenAI):  # a blocking client in an async conversation
                 value = await asyncio.to_thread(create, **kwargs)
             else:
