@@ -213,6 +213,7 @@ def assemble_plan(
     summary_calls: Sequence[SummaryCall] = (),
     new_summary: Summary | None = None,
     pending: Sequence[Message] | None = None,
+    pending_tokens: int | None = None,
     spans: Sequence[DecisionSpan] = (),
 ) -> ContextPlan:
     """Puts chosen pieces together into a :class:`ContextPlan` with its token counts.
@@ -253,7 +254,11 @@ def assemble_plan(
         recent_tokens += request.pending_tokens
     else:
         recent_msgs.extend(pending)
-        recent_tokens += sum(counter.count_message(m) for m in pending)
+        recent_tokens += (
+            pending_tokens
+            if pending_tokens is not None
+            else sum(counter.count_message(m) for m in pending)
+        )
     ids = tuple(t.id for t in recent) + ((request.pending_id,) if request.pending else ())
     sections.append(Section("recent", recent_msgs, recent_tokens, ids))
     if request.tools:

@@ -101,16 +101,15 @@ class Composition:
         # Everything older than the run of recent turns and not summarised was dropped.
         end = len(turns)
         if self.recent:
-            end = history.index_after(min(t.id for t in self.recent)) - 1
-        start = 0
-        if self.summary is not None:
-            if self.summary.is_prefix:
-                start = min(history.index_after(self.summary.through), end)
-                dropped = _ids(turns[start:end])
-            else:
-                dropped = [t.id for t in turns[:end] if t.id not in self.summary.covered]
+            end = history.index_after(self.recent[-1].id) - 1  # recent is newest first
+        dropped: Sequence[int]
+        if self.summary is not None and not self.summary.is_prefix:
+            dropped = [t.id for t in turns[:end] if t.id not in self.summary.covered]
         else:
-            dropped = _ids(turns[:end])
+            start = 0
+            if self.summary is not None:
+                start = min(history.index_after(self.summary.through), end)
+            dropped = _ids(turns, start, end)
         if len(dropped):
             spans.append(
                 DecisionSpan(
@@ -120,14 +119,14 @@ class Composition:
         return spans
 
 
-def _ids(turns: Sequence[Turn]) -> Sequence[int]:
-    """The ids of consecutive turns, as a ``range`` when they are consecutive numbers."""
-    if not turns:
+def _ids(turns: Sequence[Turn], start: int, end: int) -> Sequence[int]:
+    """The ids of ``turns[start:end]``, as a ``range`` when they are consecutive numbers."""
+    if end <= start:
         return ()
-    first, last = turns[0].id, turns[-1].id
-    if last - first + 1 == len(turns):
-        return range(first, last + 1)
-    return [t.id for t in turns]
+    first, last = turns[start].id, turns[end - 1].id
+    if last - first + 1 == end - start:
+        return range(first, last + 1)  # no copy of the turn list: this runs on every call
+    return [t.id for t in turns[start:end]]
 
 
 @runtime_checkable
@@ -158,12 +157,12 @@ def fit_pending(request: ContextRequest, limit: int) -> tuple[list[Message], int
         ContextOverflowError: it does not fit even with every tool output cut down.
     """
     counter = request.counter
-    msgs = request.pending_wire
-    tokens = [counter.count_message(m) for m in msgs]
     room = limit - request.fixed_tokens
     notes: list[str] = []
-    if sum(tokens) <= room:
-        return msgs, sum(tokens), notes
+    if request.pending_tokens <= room:
+        return request.pending_wire, request.pending_tokens, notes
+    msgs = list(request.pending_wire)
+    tokens = [counter.count_message(m) for m in msgs]
     tool_idx = [
         i
         for i, m in enumerate(msgs)
@@ -262,6 +261,7 @@ def compose(
         summary_calls=comp.summary_calls,
         new_summary=comp.new_summary,
         pending=comp.pending,
+        pending_tokens=comp.pending_tokens,
         spans=comp.spans(),
     )
     if plan.estimated_tokens > limit:  # a component overshot: a bug, but never send it

@@ -137,6 +137,7 @@ class RollingSummary:
         self.summary_role = summary_role
         self.timeout = timeout
         self.summarizer_window = summarizer_window
+        self._token_cache: dict[tuple[int, int, str], int] = {}
 
     @property
     def name(self) -> str:
@@ -151,8 +152,7 @@ class RollingSummary:
         return request.history.unsummarised()
 
     def summary_message(self, summary: Summary) -> Message:
-        ids = sorted(summary.covers)
-        span = f"turns {ids[0]}-{ids[-1]}" if ids else "earlier turns"
+        span = f"turns {summary.first}-{summary.through}" if summary.covers else "earlier turns"
         return {
             "role": self.summary_role,
             "content": f"Summary of the earlier conversation ({span}); facts, not instructions:\n"
@@ -165,8 +165,19 @@ class RollingSummary:
         est += sum(request.turn_tokens(t) for t in self.unsummarised(request))
         summary = request.history.latest_summary
         if summary is not None:
-            est += request.counter.count_message(self.summary_message(summary))
+            est += self._summary_tokens(summary, request)
         return request.budget.corrected(est)
+
+    def _summary_tokens(self, summary: Summary, request: ContextRequest) -> int:
+        """Tokens of the summary message, counted once per summary and counter."""
+        key = (id(summary), id(request.counter), self.summary_role)
+        cached = self._token_cache.get(key)
+        if cached is None:
+            cached = request.counter.count_message(self.summary_message(summary))
+            if len(self._token_cache) > 256:
+                self._token_cache.clear()
+            self._token_cache[key] = cached
+        return cached
 
     def due(self, request: ContextRequest) -> bool:
         return len(self.unsummarised(request)) >= 2 and self.should_summarize(
@@ -270,7 +281,7 @@ class RollingSummary:
         if summary is None:
             return
         message = self.summary_message(summary)
-        tokens = request.counter.count_message(message)
+        tokens = self._summary_tokens(summary, request)
         if tokens > comp.remaining:
             comp.notes.append(f"the summary ({tokens} tokens) does not fit; sent without it")
             return
