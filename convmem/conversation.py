@@ -36,7 +36,6 @@ from .strategy import (
     KeepAll,
     LLMJob,
     LocalJob,
-    ObservingStrategy,
     PreparingStrategy,
     Strategy,
 )
@@ -261,9 +260,10 @@ class _Core:
         )
 
     def _jobs(self, request: ContextRequest) -> Sequence[Job]:
-        if isinstance(self.strategy, PreparingStrategy):
-            return self.strategy.prepare(request)
-        return ()
+        # getattr rather than isinstance(…, PreparingStrategy): a runtime Protocol check costs
+        # more than the rest of a typical context build.
+        prepare = getattr(self.strategy, "prepare", None)
+        return prepare(request) if callable(prepare) else ()
 
     def _record_job(self, request: ContextRequest | None, job: Job, result: JobResult) -> None:
         if request is None:
@@ -372,8 +372,9 @@ class _Core:
         return (job.client if job.client is not None else self.client), kwargs
 
     def _observe_jobs(self, turns: Sequence[Turn]) -> Sequence[Job]:
-        if turns and isinstance(self.strategy, ObservingStrategy):
-            return self.strategy.observe(self.conversation_id, turns)
+        observe = getattr(self.strategy, "observe", None)
+        if turns and callable(observe):
+            return observe(self.conversation_id, turns)  # type: ignore[no-any-return]
         return ()
 
 

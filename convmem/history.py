@@ -39,6 +39,9 @@ class Turn:
     _token_cache: dict[tuple[int, bool], tuple[int, ...]] = field(
         default_factory=dict, repr=False, compare=False
     )
+    _total_cache: dict[tuple[int, bool], int] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def user_message(self) -> Message | None:
@@ -73,7 +76,12 @@ class Turn:
 
     def tokens(self, counter: TokenCounter, *, send_reasoning: bool = False) -> int:
         """Token count of the whole turn as sent (cached)."""
-        return sum(self.message_tokens(counter, send_reasoning=send_reasoning))
+        key = (id(counter), send_reasoning)
+        total = self._total_cache.get(key)
+        if total is None:
+            total = sum(self.message_tokens(counter, send_reasoning=send_reasoning))
+            self._total_cache[key] = total
+        return total
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "created_at": self.created_at, "messages": list(self.messages)}
@@ -231,6 +239,7 @@ class History:
             last = self._turns[-1]
             last.messages = last.messages + tuple(groups.pop(0))
             last._token_cache.clear()
+            last._total_cache.clear()
             touched.append(last)
         for group in groups:
             turn = Turn(id=self._next_id, messages=tuple(group), created_at=now)
