@@ -15,13 +15,19 @@ rng = random.Random(0)
 topics = ["the weather", "a film I saw", "my commute", "a recipe", "the news", "a podcast"]
 log = []
 for i in range(200):
-    text = ("My daughter's piano teacher is Ms Okonkwo." if i == 3
-            else f"Small talk {i} about {rng.choice(topics)} and {rng.choice(topics)}.")
+    text = (
+        "My daughter's piano teacher is Ms Okonkwo."
+        if i == 3
+        else f"Small talk {i} about {rng.choice(topics)} and {rng.choice(topics)}."
+    )
     log += [{"role": "user", "content": text}, {"role": "assistant", "content": "Noted!"}]
 
 server = FakeChatServer().reply("Ms Okonkwo.")
-conv = Conversation(server.client(), model="gpt-4o-mini",
-                    strategy=Pipeline(VectorRecall(k=4), Truncate(max_tokens=2000)))
+conv = Conversation(
+    server.client(),
+    model="gpt-4o-mini",
+    strategy=Pipeline(VectorRecall(k=4), Truncate(max_tokens=2000)),
+)
 conv.extend(log)
 conv.send("Who is my daughter's piano teacher?")
 plan = conv.last_plan
