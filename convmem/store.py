@@ -85,19 +85,21 @@ def _import_chromadb() -> Any:
 
 
 def _open(factory: Callable[..., Any], chromadb: Any, **kwargs: Any) -> tuple[Any, Any]:
-    """Calls a Chroma client factory with telemetry off; returns ``(client, settings)``.
+    """Calls a Chroma client factory with default settings; returns ``(client, settings)``.
 
     Chroma keeps one system per store per process and refuses a second client whose settings
-    differ ("An instance of Chroma already exists ... with different settings"). When the
-    user already opened the same store with default settings, share theirs instead of failing.
+    differ ("An instance of Chroma already exists ... with different settings"). Default
+    settings let a user's own ``chromadb.EphemeralClient()`` (opened before or after ours)
+    share the system. Telemetry is a no-op in the Chroma versions convmem supports (1.5+).
+    If the user opened the store with telemetry off, share that instead.
     """
-    settings = chromadb.config.Settings(anonymized_telemetry=False)
+    settings = chromadb.config.Settings()
     try:
         return factory(settings=settings, **kwargs), settings
     except ValueError as exc:
         if "different settings" not in str(exc):
             raise
-        fallback = chromadb.config.Settings()
+        fallback = chromadb.config.Settings(anonymized_telemetry=False)
         try:
             return factory(settings=fallback, **kwargs), fallback
         except ValueError:
@@ -148,10 +150,19 @@ class TurnStore:
             * a Chroma client (``EphemeralClient``, ``PersistentClient``, ``HttpClient``):
               used as is, and left open by :meth:`close`.
 
-            Clients convmem creates have anonymized telemetry off.
+            Clients convmem creates use Chroma's default settings, so a client the user
+            opens in the same process (before or after) shares the same in-memory system.
         collection: The collection name (3-512 characters from ``[a-zA-Z0-9._-]``,
             starting and ending with a letter or digit). Created with cosine distance and no
             embedding function if missing.
+        cache: Keep each queried conversation's vectors in memory and search them exactly
+            with numpy. Chroma's per-conversation ``where`` filter costs tens of milliseconds
+            on a conversation of 10k turns; the in-memory search takes about one. The cache
+            is loaded from Chroma on a conversation's first query and kept up to date by
+            :meth:`add` and :meth:`delete_conversation`, so it assumes this store is the only
+            writer of the conversations it queries (the usual case: a conversation lives in
+            one process). Pass ``False`` when several processes write one conversation through
+            a Chroma server.
 
     Raises:
         MissingExtraError: ``chromadb`` is not installed.
@@ -159,7 +170,9 @@ class TurnStore:
             the collection exists with a distance other than cosine.
     """
 
-    def __init__(self, client: Any = None, *, collection: str = DEFAULT_COLLECTION) -> None:
+    def __init__(
+        self, client: Any = None, *, collection: str = DEFAULT_COLLECTION, cache: bool = True
+    ) -> None:
         if not isinstance(collection, str) or not _COLLECTION_NAME.match(collection):
             raise UsageError(
                 f"invalid collection name {collection!r}: Chroma needs 3-512 characters "
@@ -185,6 +198,9 @@ class TurnStore:
             )
         self._client = client
         self._name = collection
+        self._cache_enabled = cache
+        self._indexes: dict[str, _ConversationIndex] = {}
+        self._index_lock = threading.Lock()
         self._finalizer = weakref.finalize(
             self, _release, client if owns_client else None, owned_admin, database
         )
@@ -281,6 +297,11 @@ class TurnStore:
                 ],
                 documents=[turn.text for _, (turn, _) in chunk],
             )
+        with self._index_lock:
+            for turn, vec in rows.values():
+                index = self._indexes.get(turn.conversation_id)
+                if index is not None:
+                    index.upsert(turn.turn_id, turn.text, float(turn.created_at), vec)
 
     def query(
         self,
@@ -293,9 +314,10 @@ class TurnStore:
     ) -> list[RecallHit]:
         """Finds a conversation's stored turns closest to ``embedding``.
 
-        Only turns of ``conversation_id`` are searched. Exclusions are filtered inside
-        Chroma (``$nin``), so up to ``k`` hits come back even when the best matches are
-        excluded (measured no slower than over-fetching and filtering here).
+        Only turns of ``conversation_id`` are searched: exactly, in memory, when the store
+        caches (the default), else by Chroma with a ``where`` filter. Excluded turns are
+        filtered before the top ``k`` are taken, so up to ``k`` hits come back even when the
+        best matches are excluded.
 
         Args:
             conversation_id: Whose turns to search.
@@ -323,6 +345,10 @@ class TurnStore:
         ):
             raise UsageError(f"min_score must be a number or None, got {min_score!r}")
         excluded = sorted({int(t) for t in exclude_turn_ids})
+        if self._cache_enabled:
+            return self._index(conversation_id).search(
+                conversation_id, _vector(embedding), k=k, min_score=min_score, excluded=excluded
+            )
         where: dict[str, Any] = {"conversation_id": conversation_id}
         if excluded:
             where = {"$and": [where, {"turn_id": {"$nin": excluded}}]}
@@ -381,6 +407,8 @@ class TurnStore:
         self._check_open()
         _check_conversation_id(conversation_id)
         self._collection.delete(where={"conversation_id": conversation_id})
+        with self._index_lock:
+            self._indexes.pop(conversation_id, None)
 
     def count(self, conversation_id: str | None = None) -> int:
         """How many turns are stored.
@@ -414,6 +442,34 @@ class TurnStore:
     def __repr__(self) -> str:
         return f"TurnStore(collection={self._name!r}, client={type(self._client).__name__})"
 
+    def _index(self, conversation_id: str) -> _ConversationIndex:
+        """The conversation's in-memory index, loaded from Chroma on first use."""
+        with self._index_lock:
+            index = self._indexes.get(conversation_id)
+            if index is None:
+                result = self._collection.get(
+                    where={"conversation_id": conversation_id},
+                    include=["embeddings", "documents", "metadatas"],
+                )
+                index = _ConversationIndex()
+                embeddings = result.get("embeddings")
+                if embeddings is None:
+                    embeddings = []
+                for doc, meta, vec in zip(
+                    result.get("documents") or [],
+                    result.get("metadatas") or [],
+                    embeddings,
+                    strict=True,
+                ):
+                    index.upsert(
+                        int(meta["turn_id"]),
+                        doc if doc is not None else "",
+                        float(meta.get("created_at") or 0.0),
+                        vec,
+                    )
+                self._indexes[conversation_id] = index
+            return index
+
     def _check_open(self) -> None:
         if self._closed:
             raise UsageError("this TurnStore is closed")
@@ -426,6 +482,79 @@ class TurnStore:
             return method(**kwargs)
         except errors.InvalidArgumentError as exc:
             raise UsageError(f"Chroma refused the request on {self._name!r}: {exc}") from exc
+
+
+class _ConversationIndex:
+    """One conversation's vectors in memory, searched exactly (cosine) with numpy."""
+
+    def __init__(self) -> None:
+        self.turn_ids: list[int] = []
+        self.texts: list[str] = []
+        self.created: list[float] = []
+        self.row_of: dict[int, int] = {}
+        self._rows: list[Any] = []  # unit vectors, stacked lazily
+        self._matrix: Any = None
+
+    def upsert(self, turn_id: int, text: str, created_at: float, vector: Sequence[float]) -> None:
+        import numpy as np
+
+        vec = np.asarray(vector, dtype=np.float32)
+        norm = float(np.linalg.norm(vec))
+        unit = vec / norm if norm > 0 else vec
+        row = self.row_of.get(turn_id)
+        if row is None:
+            self.row_of[turn_id] = len(self.turn_ids)
+            self.turn_ids.append(turn_id)
+            self.texts.append(text)
+            self.created.append(created_at)
+            self._rows.append(unit)
+        else:
+            self.texts[row] = text
+            self.created[row] = created_at
+            self._rows[row] = unit
+        self._matrix = None
+
+    def search(
+        self,
+        conversation_id: str,
+        query: list[float],
+        *,
+        k: int,
+        min_score: float | None,
+        excluded: Sequence[int],
+    ) -> list[RecallHit]:
+        import numpy as np
+
+        if not self.turn_ids:
+            return []
+        if self._matrix is None:
+            self._matrix = np.vstack(self._rows)
+        q = np.asarray(query, dtype=np.float32)
+        if q.shape[0] != self._matrix.shape[1]:
+            raise UsageError(
+                f"query vector has dimension {q.shape[0]}, stored vectors {self._matrix.shape[1]}"
+            )
+        norm = float(np.linalg.norm(q))
+        scores = self._matrix @ (q / norm if norm > 0 else q)
+        for turn_id in excluded:
+            row = self.row_of.get(turn_id)
+            if row is not None:
+                scores[row] = -np.inf
+        n = min(k, len(self.turn_ids))
+        top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
+        hits = [
+            RecallHit(
+                conversation_id=conversation_id,
+                turn_id=self.turn_ids[i],
+                text=self.texts[i],
+                created_at=self.created[i],
+                score=max(-1.0, min(1.0, float(scores[i]))),
+            )
+            for i in top
+            if np.isfinite(scores[i]) and (min_score is None or scores[i] >= min_score)
+        ]
+        hits.sort(key=lambda hit: (-hit.score, hit.turn_id))
+        return hits
 
 
 def _turn_key(conversation_id: str, turn_id: int) -> str:
