@@ -1,0 +1,374 @@
+"""Benchmark report output: a plain-text table, Markdown, JSON, CSV and a PNG plot.
+
+All functions take a :class:`~convmem.bench.runner.BenchReport`. :func:`write_report` writes
+``<name>.json``, ``<name>.csv``, ``<name>.md`` and ``<name>.png`` into a directory.
+matplotlib is imported only by :func:`write_plot` (Agg backend, no display needed).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import MissingExtraError
+from .runner import BenchReport, RowResult, savings
+
+_SHORT_CATEGORY = {
+    "multi-hop": "multi-hop",
+    "open-domain": "open-dom.",
+    "single-hop": "single-hop",
+    "adversarial": "advers.",
+    "correction": "correct.",
+    "preference": "pref.",
+}
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _int(value: float) -> str:
+    return f"{round(value):,}"
+
+
+def _budget(row: RowResult) -> str:
+    return "-" if row.spec.budget is None else f"{row.spec.budget:,}"
+
+
+def _has_stale(report: BenchReport) -> bool:
+    return any(r.stale_only() is not None for r in report.rows)
+
+
+def _has_summary(report: BenchReport) -> bool:
+    return any(r.spec.uses_summary for r in report.rows)
+
+
+def table_rows(report: BenchReport) -> tuple[list[str], list[list[str]]]:
+    """The table as a header and rows of cell strings (shared by the text and Markdown forms).
+
+    Columns: strategy, budget, tokens per call, savings vs the full history, evidence recall
+    per category, evidence recall overall, share of questions with all evidence, answer-keyword
+    recall, stale-only share (when some question has a corrected fact), summariser calls and
+    tokens (when a row summarises), wall seconds.
+    """
+    stale = _has_stale(report)
+    summary = _has_summary(report)
+    header = ["strategy", "budget", "tokens/call", "savings"]
+    header += [_SHORT_CATEGORY.get(c, c) for c in report.categories]
+    header += ["evidence", "all ev.", "answer kw"]
+    if stale:
+        header.append("stale only")
+    if summary:
+        header += ["summ. calls", "summ. tokens"]
+    header.append("wall s")
+    full = report.full_tokens
+    rows: list[list[str]] = []
+    for r in report.rows:
+        saved = savings(r.mean_tokens, full)
+        cells = [
+            r.spec.label,
+            _budget(r),
+            _int(r.mean_tokens),
+            "-" if saved is None or r.spec.kind == "full" else f"{saved:.0%}",
+        ]
+        cells += [_share(r.evidence_recall(c)) for c in report.categories]
+        cells += [_share(r.evidence_recall()), _share(r.all_evidence()), _share(r.keyword_recall())]
+        if stale:
+            cells.append(_share(r.stale_only()))
+        if summary:
+            if r.spec.uses_summary:
+                failed = f" ({r.summary_failures} failed)" if r.summary_failures else ""
+                cells += [f"{r.summary_calls}{failed}", f"{r.summary_tokens:,}"]
+            else:
+                cells += ["-", "-"]
+        cells.append(f"{r.wall_seconds:.1f}")
+        rows.append(cells)
+    return header, rows
+
+
+def format_table(report: BenchReport) -> str:
+    """The table as aligned plain text (text columns left, numbers right)."""
+    header, rows = table_rows(report)
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str]) -> str:
+        out = [cells[0].ljust(widths[0])]
+        out += [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join(out).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def format_markdown_table(report: BenchReport) -> str:
+    """The table in GitHub Markdown."""
+    header, rows = table_rows(report)
+    align = [":--"] + ["--:"] * (len(header) - 1)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def notes(report: BenchReport) -> list[str]:
+    """Plain sentences that explain the table (what ran, what the columns mean)."""
+    s = report.settings
+    out = [
+        f"Dataset: {report.dataset}; {s.get('turns', '?')} messages, "
+        f"{s.get('questions', '?')} questions.",
+        f"Tokens: {s.get('token_counter', '?')}, mean prompt tokens per question "
+        "(context + question); savings vs the full history.",
+        "Evidence: share of each question's evidence turns sent verbatim (kept or recalled), "
+        "by category and overall; 'all ev.': share of questions with all their evidence sent.",
+        "Answer kw: share of the gold answer's content words found in the context (the only "
+        "credit a summary gets: summarised turns are not 'sent').",
+    ]
+    if "roles" in s:
+        out.append(f"Roles: {s['roles']}.")
+    if _has_stale(report):
+        out.append(
+            "Stale only: share of corrected facts whose context holds the old value without "
+            "the new one (the newer value must win)."
+        )
+    if report.summarizer is not None:
+        out.append(
+            f"Summariser: {report.summarizer}; max_summary_tokens="
+            f"{s.get('max_summary_tokens')}, summary rows use a window of budget + "
+            f"{s.get('reply_reserve')} tokens and summarise at 70% of it."
+        )
+        if any(r.summary_reused for r in report.rows):
+            out.append(
+                "Identical summariser requests (the summary with and without recall) were "
+                "answered once; summariser calls, tokens and wall s count them as if made."
+            )
+    if "embedder" in s:
+        out.append(
+            f"Recall: {s['embedder']}, k={s.get('recall_k')}; each text is embedded once per "
+            "run, so the first recall row's wall s includes embedding them all."
+        )
+    out.append(
+        f"Run time {report.seconds:.1f} s (of which {report.setup_seconds:.1f} s loading the "
+        "embedding model)."
+    )
+    return out
+
+
+def to_markdown(report: BenchReport) -> str:
+    """A Markdown section: the command, the table and its notes (what the README shows)."""
+    parts = [f"## convmem bench: {report.name}", ""]
+    if report.command:
+        parts += ["```", report.command, "```", ""]
+    parts += [format_markdown_table(report), ""]
+    parts += [f"- {n}" for n in notes(report)]
+    return "\n".join(parts) + "\n"
+
+
+def to_json(report: BenchReport, *, questions: bool = True) -> str:
+    """The report as JSON, with its Markdown table under ``"markdown"``."""
+    data = report.to_dict(questions=questions)
+    data["markdown"] = format_markdown_table(report)
+    data["notes"] = notes(report)
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def to_csv(report: BenchReport) -> str:
+    """One CSV line per row, every metric and every category as its own column."""
+    full = report.full_tokens
+    fields = [
+        "key",
+        "strategy",
+        "label",
+        "budget",
+        "questions",
+        "mean_tokens",
+        "savings",
+        "evidence_recall",
+        "all_evidence",
+        "keyword_recall",
+        "stale_only",
+    ]
+    for c in report.categories:
+        fields += [f"evidence_recall[{c}]", f"all_evidence[{c}]", f"keyword_recall[{c}]"]
+    fields += [
+        "summary_calls",
+        "summary_failures",
+        "summary_prompt_tokens",
+        "summary_completion_tokens",
+        "summary_reused",
+        "summary_seconds",
+        "wall_seconds",
+    ]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for r in report.rows:
+        d = r.to_dict(report.categories, full)
+        row = {k: d.get(k) for k in fields if k in d}
+        row["label"] = r.spec.label
+        for c in report.categories:
+            by = d["by_category"][c]
+            row[f"evidence_recall[{c}]"] = by["evidence_recall"]
+            row[f"all_evidence[{c}]"] = by["all_evidence"]
+            row[f"keyword_recall[{c}]"] = by["keyword_recall"]
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return buf.getvalue()
+
+
+_MARKERS = {"full": "*", "truncate": "o", "recall": "s", "summary": "^", "summary+recall": "D"}
+_SHORT_KIND = {
+    "full": "full",
+    "truncate": "trunc",
+    "recall": "recall",
+    "summary": "summ",
+    "summary+recall": "summ+rec",
+}
+# Label offsets (points) per kind, so rows that land on the same spot stay readable.
+_OFFSETS = {
+    "full": (8, 6),
+    "truncate": (6, -12),
+    "recall": (6, 5),
+    "summary": (-40, 6),
+    "summary+recall": (-52, -12),
+}
+
+
+def write_plot(report: BenchReport, path: str | os.PathLike[str]) -> Path:
+    """A PNG of mean tokens per call (x, log scale) against evidence recall (y).
+
+    One labelled point per strategy and budget; summary rows also get a hollow point for their
+    answer-keyword recall, since their evidence lives in the summary.
+
+    Raises:
+        MissingExtraError: matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise MissingExtraError("the benchmark plot", "bench", "matplotlib") from exc
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    try:
+        seen: set[str] = set()
+        for r in report.rows:
+            x = max(r.mean_tokens, 1.0)
+            y = r.evidence_recall()
+            if y is None:
+                continue
+            color = f"C{list(_MARKERS).index(r.spec.kind)}"
+            label = r.spec.label if r.spec.kind not in seen else None
+            seen.add(r.spec.kind)
+            full = r.spec.kind == "full"
+            ax.scatter(
+                [x],
+                [y],
+                marker=_MARKERS[r.spec.kind],
+                color=color,
+                s=140 if full else 60,
+                label=label,
+                zorder=3 if full else 2,
+            )
+            text = _SHORT_KIND[r.spec.kind]
+            if r.spec.budget is not None:
+                text += f" {r.spec.budget / 1000:g}k"
+            ax.annotate(
+                text,
+                (x, y),
+                textcoords="offset points",
+                xytext=_OFFSETS[r.spec.kind],
+                fontsize=7,
+                color=color,
+            )
+            kw = r.keyword_recall()
+            # Only where the summary adds something: an equal point would hide the first.
+            if r.spec.uses_summary and kw is not None and abs(kw - y) > 0.005:
+                ax.scatter(
+                    [x],
+                    [kw],
+                    marker=_MARKERS[r.spec.kind],
+                    facecolors="none",
+                    edgecolors=color,
+                    s=60,
+                )
+                ax.annotate(
+                    f"{text} kw",
+                    (x, kw),
+                    textcoords="offset points",
+                    xytext=(6, -10),
+                    fontsize=7,
+                    color=color,
+                )
+        ax.set_xscale("log")
+        from matplotlib.ticker import FuncFormatter, LogLocator
+
+        plain = FuncFormatter(lambda v, _pos: f"{v:,.0f}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 3.0, 5.0)))
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="both", labelsize=8)
+        ax.set_xlabel("mean prompt tokens per call (log scale)")
+        ax.set_ylabel("evidence recall (share of evidence turns sent)")
+        ax.set_ylim(-0.03, 1.05)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_title(f"convmem bench {report.name}: {report.dataset}", fontsize=9)
+        ax.legend(fontsize=8, loc="lower right")
+        if _has_summary(report):
+            fig.text(
+                0.01,
+                0.01,
+                "hollow: answer-keyword recall of summary rows",
+                fontsize=7,
+                color="0.4",
+            )
+        fig.tight_layout()
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out)
+    finally:
+        plt.close(fig)
+    return out
+
+
+def write_report(
+    report: BenchReport, out_dir: str | os.PathLike[str], *, plot: bool = True
+) -> dict[str, Path]:
+    """Writes ``<name>.json``, ``<name>.csv``, ``<name>.md`` and ``<name>.png``.
+
+    Args:
+        report: The report.
+        out_dir: The directory (created if missing).
+        plot: Also write the PNG.
+
+    Returns:
+        The paths written, by kind (``"json"``, ``"csv"``, ``"md"``, ``"png"``).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": out / f"{report.name}.json",
+        "csv": out / f"{report.name}.csv",
+        "md": out / f"{report.name}.md",
+    }
+    paths["json"].write_text(to_json(report), encoding="utf-8")
+    paths["csv"].write_text(to_csv(report), encoding="utf-8")
+    paths["md"].write_text(to_markdown(report), encoding="utf-8")
+    if plot:
+        paths["png"] = write_plot(report, out / f"{report.name}.png")
+    return paths
+
+
+__all__ = [
+    "format_markdown_table",
+    "format_table",
+    "notes",
+    "table_rows",
+    "to_csv",
+    "to_json",
+    "to_markdown",
+    "write_plot",
+    "write_report",
+]
