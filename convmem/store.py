@@ -109,6 +109,17 @@ def _open(factory: Callable[..., Any], chromadb: Any, **kwargs: Any) -> tuple[An
             ) from exc
 
 
+def ephemeral_client() -> Any:
+    """A Chroma in-memory client that coexists with any other opened in this process.
+
+    Raises:
+        MissingExtraError: ``chromadb`` is not installed.
+    """
+    chromadb = _import_chromadb()
+    client, _ = _open(chromadb.EphemeralClient, chromadb)
+    return client
+
+
 # One admin client for the process, to create and drop the private in-memory databases of
 # TurnStore(client=None). Chroma admin clients have no close(), so one per store would leak.
 _ADMIN: tuple[Any, Any] | None = None
@@ -580,4 +591,4 @@ def _vector(values: Sequence[float]) -> list[float]:
     return vector
 
 
-__all__ = ["DEFAULT_COLLECTION", "RecallHit", "StoredTurn", "TurnStore"]
+__all__ = ["DEFAULT_COLLECTION", "RecallHit", "StoredTurn", "TurnStore", "ephemeral_client"]

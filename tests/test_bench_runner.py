@@ -405,7 +405,7 @@ def test_recall_rows_and_summary_reuse(tmp_path: Path) -> None:
 
     convs = generate_probe_set(conversations=1, turns=40, facts_per_kind=1)
     server, summarizer = _fake_summarizer()
-    client = chromadb.EphemeralClient(settings=chromadb.config.Settings(anonymized_telemetry=False))
+    client = chromadb.EphemeralClient()
     runner = ReplayRunner(
         build_rows([1200], summary_budgets=[1200]),
         summarizer=summarizer,

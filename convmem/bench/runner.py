@@ -48,7 +48,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import MissingExtraError, RunError, UsageError
+from ..errors import RunError, UsageError
 from ..messages import Message, text_of
 from ..plan import ContextPlan
 from ..strategy import KeepAll, Strategy
@@ -671,22 +671,14 @@ def _bar(enabled: bool, total: int, desc: str, *, leave: bool = True) -> Any:
 
 
 def default_chroma_client() -> Any:
-    """A private in-memory Chroma client with telemetry off.
+    """An in-memory Chroma client (default settings, so it coexists with any other).
 
     Raises:
         MissingExtraError: ``chromadb`` is not installed.
     """
-    try:
-        import chromadb
-    except ImportError as exc:
-        raise MissingExtraError("vector recall", "recall", "chromadb") from exc
-    settings = chromadb.config.Settings(anonymized_telemetry=False)
-    try:
-        return chromadb.EphemeralClient(settings=settings)
-    except ValueError as exc:  # already opened in this process with default settings
-        if "different settings" not in str(exc):
-            raise
-        return chromadb.EphemeralClient()
+    from ..store import ephemeral_client
+
+    return ephemeral_client()
 
 
 class ReplayRunner:
