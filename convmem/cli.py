@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from .bench.options import parse_counts
 from .errors import ConvmemError, UsageError
 
 PROG = "convmem"
@@ -87,24 +88,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _budgets(text: str) -> tuple[int, ...]:
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip().lower().replace("_", "")
-        if not part:
-            continue
-        scale = 1
-        if part.endswith("k"):
-            part, scale = part[:-1], 1000
-        try:
-            value = round(float(part) * scale)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a token budget: {part!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"budgets must be positive, got {value}")
-        out.append(value)
-    if not out:
-        raise argparse.ArgumentTypeError("no budget given")
-    return tuple(sorted(set(out)))
+    return tuple(sorted(set(parse_counts(text, what="token budget"))))
 
 
 def _positive(text: str) -> int:

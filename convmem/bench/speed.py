@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConvmemError, UsageError
+from .options import parse_counts
 
 DEFAULT_SIZES: tuple[int, ...] = (100, 1_000, 10_000, 100_000)
 QUICK_SIZES: tuple[int, ...] = (100, 1_000, 10_000)
@@ -1333,21 +1334,7 @@ def _format_recall(rec: RecallResult) -> str:
 
 
 def _parse_sizes(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip().lower().replace("_", "")
-        if not part:
-            continue
-        scale = 1
-        if part.endswith("k"):
-            part, scale = part[:-1], 1_000
-        try:
-            out.append(int(float(part) * scale))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a size: {part!r}") from None
-    if not out:
-        raise argparse.ArgumentTypeError("no sizes given")
-    return out
+    return parse_counts(text, what="size")
 
 
 def build_parser(prog: str = "convmem bench speed") -> argparse.ArgumentParser:
