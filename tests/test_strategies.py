@@ -153,6 +153,12 @@ def summary_server(n: int = 200) -> FakeChatServer:
     return server
 
 
+def summary_conv(server: FakeChatServer, **kw: Any) -> Conversation:
+    """A conversation with a 1,000-token window whose summary fires at 700 tokens."""
+    kw.setdefault("strategy", RollingSummary())
+    return Conversation(server.client(), model="m", context_window=1000, reply_reserve=100, **kw)
+
+
 def test_default_should_summarize() -> None:
     assert default_should_summarize(700, 1000, 0.7)
     assert not default_should_summarize(699, 1000, 0.7)
@@ -160,14 +166,7 @@ def test_default_should_summarize() -> None:
 
 def test_rolling_summary_fires_at_trigger_and_folds_incrementally() -> None:
     server = summary_server()
-    conv = Conversation(
-        server.client(),
-        model="m",
-        context_window=1000,
-        reply_reserve=100,
-        system="sys",
-        strategy=RollingSummary(),
-    )
+    conv = summary_conv(server, system="sys")
     fired_at: list[int] = []
     for i in range(30):
         conv.send(f"message {i} " + "blah " * 20)
@@ -200,13 +199,7 @@ def test_rolling_summary_fires_at_trigger_and_folds_incrementally() -> None:
 
 def test_rolling_summary_context_stays_below_window() -> None:
     server = summary_server()
-    conv = Conversation(
-        server.client(),
-        model="m",
-        context_window=1000,
-        reply_reserve=100,
-        strategy=RollingSummary(),
-    )
+    conv = summary_conv(server)
     for i in range(40):
         conv.send(f"message {i} " + "blah " * 20)
         assert conv.last_plan is not None
@@ -279,13 +272,7 @@ def test_summariser_can_use_another_client_and_model() -> None:
 
 def test_summary_covers_tool_turns_as_facts() -> None:
     server = summary_server()
-    conv = Conversation(
-        server.client(),
-        model="m",
-        context_window=1000,
-        reply_reserve=100,
-        strategy=RollingSummary(),
-    )
+    conv = summary_conv(server)
     call = {
         "id": "c1",
         "type": "function",
