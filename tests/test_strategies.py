@@ -218,13 +218,7 @@ def test_summariser_failure_falls_back_to_truncation_and_retries() -> None:
         return "ok"
 
     server.respond_with(reply, times=200)
-    conv = Conversation(
-        server.client(),
-        model="m",
-        context_window=1000,
-        reply_reserve=100,
-        strategy=RollingSummary(trigger=0.5),
-    )
+    conv = summary_conv(server, strategy=RollingSummary(trigger=0.5))
     failed_plan = None
     for i in range(40):
         conv.send(f"message {i} " + "blah " * 20)
@@ -298,13 +292,7 @@ def test_summary_covers_tool_turns_as_facts() -> None:
 
 def test_preview_does_not_call_the_summariser() -> None:
     server = summary_server()
-    conv = Conversation(
-        server.client(),
-        model="m",
-        context_window=1000,
-        reply_reserve=100,
-        strategy=Pipeline(RollingSummary(), Truncate()),
-    )
+    conv = summary_conv(server, strategy=Pipeline(RollingSummary(), Truncate()))
     conv.extend(
         [
             m
