@@ -269,7 +269,8 @@ class RollingSummary:
                 comp.new_summary = summary
                 comp.notes.append(
                     f"context at {pct:.0f}% of the window (trigger {self.trigger:.0%}): "
-                    f"summarised turns {ids[0]}-{ids[-1]}"
+                    f"summarised turn{'s' if len(ids) > 1 else ''} "
+                    f"{ids[0]}{f'-{ids[-1]}' if len(ids) > 1 else ''}"
                 )
             else:
                 comp.notes.append(
