@@ -202,10 +202,6 @@ class History:
             out.extend(json.loads(json.dumps(m)) for m in turn.messages)
         return out
 
-    def flat_messages(self) -> list[Message]:
-        """Non-system messages without copying (do not mutate)."""
-        return [m for t in self._turns for m in t.messages]
-
     # -- writing (each is atomic: validate everything, then append) ----------------------------
     def validate_new(self, messages: Sequence[Any]) -> list[Message]:
         """Validates messages as a continuation of this history; returns copies. No side effects."""

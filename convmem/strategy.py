@@ -125,12 +125,6 @@ class ContextRequest:
         """What every context costs whatever the strategy: system, tools, reply priming."""
         return self.system_tokens + self.tools_tokens + self.counter.reply_priming
 
-    def history_tokens(self) -> int:
-        """Tokens of sending everything (system, all turns, pending, tools, priming)."""
-        return (
-            self.fixed_tokens + sum(self.turn_tokens(t) for t in self.turns) + self.pending_tokens
-        )
-
 
 @dataclass(frozen=True)
 class LLMJob:
@@ -189,11 +183,6 @@ class ObservingStrategy(Protocol):
     """A strategy that learns from committed turns (run after every successful call)."""
 
     def observe(self, conversation_id: str, turns: Sequence[Turn]) -> Sequence[Job]: ...
-
-
-def strategy_name(strategy: Any) -> str:
-    name = getattr(strategy, "name", None)
-    return name if isinstance(name, str) else type(strategy).__name__
 
 
 # -- assembling a plan ------------------------------------------------------------------------
