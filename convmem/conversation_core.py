@@ -1,0 +1,413 @@
+"""The sans-I/O core shared by ``Conversation`` and ``AsyncConversation``.
+
+Budget arithmetic, validation, selection, message assembly, accounting and commit live in
+:class:`_Core`, free of I/O. Only the I/O (the API call, streaming, running tools and strategy
+jobs) is written twice, in :mod:`convmem.conversation_sync` and
+:mod:`convmem.conversation_async`; ``tests/test_parity.py`` checks that both send identical
+requests and leave identical state.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from openai.types.chat import ChatCompletion
+
+from .errors import ToolRoundsExceededError, UsageError
+from .history import History, Summary, Turn
+from .messages import Message, open_tool_call_ids, user_message
+from .models import resolve_context_window
+from .plan import ContextPlan
+from .strategy import (
+    Budget,
+    ContextRequest,
+    Job,
+    KeepAll,
+    LLMJob,
+    LocalJob,
+    Strategy,
+)
+from .tokens import TokenCounter, UsageCalibrator, default_counter
+from .tools import ToolRegistry
+from .usage import Usage
+
+#: Default room kept for the reply when the caller sets no ``max_tokens``: an eighth of the
+#: window, capped at 4,096 tokens.
+DEFAULT_MAX_REPLY_RESERVE = 4096
+DEFAULT_MAX_TOOL_ROUNDS = 8
+
+_RESERVED_PARAMS = {
+    "messages": "the conversation builds messages; pass the new user message to send()",
+    "model": "the model is set on the conversation (Conversation(client, model=...))",
+    "stream": "use conv.stream(...) for streaming",
+}
+
+Chooser = Callable[[ChatCompletion], int]
+
+
+@dataclass
+class JobResult:
+    """The outcome of a strategy job, handed back in ``ContextRequest.results``.
+
+    Attributes:
+        value: What the job returned (a ``ChatCompletion`` for an :class:`LLMJob`).
+        error: The exception, when it failed.
+        seconds: How long it took.
+        model: For LLM jobs, the model it went to.
+    """
+
+    value: Any = None
+    error: BaseException | None = None
+    seconds: float = 0.0
+    model: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class _Call:
+    """State of one send/stream/parse while it runs. Nothing here is committed until the end."""
+
+    pending: list[Message]
+    params: dict[str, Any]
+    registry: ToolRegistry | None
+    choose: Chooser | None
+    max_tool_rounds: int
+    budget_reserve: int
+    rounds: int = 0
+    final: Message | None = None
+    plans: list[ContextPlan] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+
+def default_reply_reserve(context_window: int) -> int:
+    """Room kept for the reply when no ``max_tokens`` is given: window/8, at most 4,096."""
+    return max(1, min(DEFAULT_MAX_REPLY_RESERVE, context_window // 8))
+
+
+class _Core:
+    """Everything both conversation classes share. No I/O happens here."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        model: str,
+        system: str | Mapping[str, Any] | None = None,
+        strategy: Strategy | None = None,
+        context_window: int | None = None,
+        counter: TokenCounter | None = None,
+        reply_reserve: int | None = None,
+        send_reasoning: bool = False,
+        max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
+        conversation_id: str | None = None,
+        history: History | None = None,
+    ) -> None:
+        if not isinstance(model, str) or not model:
+            raise UsageError("model must be a non-empty string")
+        if strategy is not None and not callable(getattr(strategy, "build", None)):
+            raise UsageError(
+                f"strategy must have a build(request) method, got {type(strategy).__name__}"
+            )
+        self.client = client
+        self.model = model
+        self.context_window = resolve_context_window(model, context_window)
+        if reply_reserve is not None and not (0 < reply_reserve < self.context_window):
+            raise UsageError(
+                f"reply_reserve must be between 1 and the context window "
+                f"({self.context_window}), got {reply_reserve}"
+            )
+        self.reply_reserve = reply_reserve or default_reply_reserve(self.context_window)
+        self.strategy: Strategy = strategy if strategy is not None else KeepAll()
+        self.counter: TokenCounter = counter if counter is not None else default_counter(model)
+        self.history = history if history is not None else History(system)
+        if history is not None and system is not None:
+            self.history.set_system(system)
+        self.send_reasoning = send_reasoning
+        self.max_tool_rounds = max_tool_rounds
+        self.conversation_id = conversation_id or uuid.uuid4().hex
+        self.calibrator = UsageCalibrator()
+        self.usage = Usage()
+        self.last_plan: ContextPlan | None = None
+        self.last_completion: ChatCompletion | None = None
+        self.last_ttft: float | None = None
+        self.last_latency: float | None = None
+
+    # -- public, I/O-free -----------------------------------------------------------------------
+    @property
+    def messages(self) -> list[Message]:
+        """The full history as OpenAI message dicts, system first (a copy)."""
+        return self.history.messages()
+
+    @property
+    def turns(self) -> Sequence[Turn]:
+        """The committed turns, with their stable ids."""
+        return self.history.turns
+
+    @property
+    def system(self) -> Message | None:
+        return self.history.system
+
+    def to_dict(self) -> dict[str, Any]:
+        """The history (turns, summaries, system) as plain JSON-compatible data."""
+        data = self.history.to_dict()
+        data["conversation_id"] = self.conversation_id
+        data["model"] = self.model
+        return data
+
+    def to_json(self, **kwargs: Any) -> str:
+        """The history as a JSON string; load it with ``from_json``."""
+        import json
+
+        return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(model={self.model!r}, turns={len(self.history)}, "
+            f"strategy={type(self.strategy).__name__}, window={self.context_window})"
+        )
+
+    # -- one call's life, pure parts -------------------------------------------------------------
+    def _begin(
+        self,
+        message: Any,
+        tools: Sequence[Any] | None,
+        choose: Chooser | None,
+        max_tool_rounds: int | None,
+        params: dict[str, Any],
+    ) -> _Call:
+        """Validates everything a call needs, before any network traffic."""
+        for key, why in _RESERVED_PARAMS.items():
+            if key in params:
+                raise UsageError(f"{key}= is not a send() argument: {why}")
+        if choose is not None and not callable(choose):
+            raise UsageError("choose= must be a callable taking the ChatCompletion")
+        registry = ToolRegistry.from_tools(tools) if tools else None
+        if registry is not None and "tools" in params:
+            raise UsageError("pass tools once, as tools=[...]")
+        rounds = self.max_tool_rounds if max_tool_rounds is None else max_tool_rounds
+        if rounds < 0:
+            raise UsageError("max_tool_rounds must be >= 0")
+        if message is None:
+            pending: list[Message] = []
+            turns = self.history.turn_list()
+            if not turns:
+                raise UsageError("nothing to send: the history is empty and no message was given")
+            last = turns[-1].messages[-1]
+            if open_tool_call_ids(turns[-1].messages):
+                raise UsageError(
+                    "the last assistant message has tool calls without replies: add the tool "
+                    "messages with extend() before calling send() with no message"
+                )
+            if last.get("role") == "assistant":
+                raise UsageError(
+                    "nothing to send: the last message is the assistant's; give a user message"
+                )
+        else:
+            pending = self.history.validate_new([user_message(message)])
+        reserve = params.get("max_completion_tokens") or params.get("max_tokens")
+        if reserve is not None:
+            if not isinstance(reserve, int) or reserve <= 0:
+                raise UsageError(f"max_tokens must be a positive int, got {reserve!r}")
+            if reserve >= self.context_window:
+                raise UsageError(
+                    f"max_tokens={reserve} leaves no room for the prompt in a "
+                    f"{self.context_window}-token window"
+                )
+        n = params.get("n")
+        if n is not None and (not isinstance(n, int) or n < 1):
+            raise UsageError(f"n must be a positive int, got {n!r}")
+        return _Call(
+            pending=pending,
+            params=dict(params),
+            registry=registry,
+            choose=choose,
+            max_tool_rounds=rounds,
+            budget_reserve=int(reserve) if reserve else self.reply_reserve,
+        )
+
+    def _request(self, call: _Call) -> ContextRequest:
+        budget = Budget(
+            context_window=self.context_window,
+            reply_reserve=call.budget_reserve,
+            ratio=self.calibrator.ratio(self.model),
+        )
+        tools = call.registry.schemas if call.registry else call.params.get("tools")
+        return ContextRequest(
+            history=self.history,
+            pending=list(call.pending),
+            budget=budget,
+            counter=self.counter,
+            conversation_id=self.conversation_id,
+            model=self.model,
+            tools=list(tools) if tools else None,
+            send_reasoning=self.send_reasoning,
+        )
+
+    def _jobs(self, request: ContextRequest) -> Sequence[Job]:
+        # getattr rather than isinstance(…, PreparingStrategy): a runtime Protocol check costs
+        # more than the rest of a typical context build.
+        prepare = getattr(self.strategy, "prepare", None)
+        return prepare(request) if callable(prepare) else ()
+
+    def _record_job(self, request: ContextRequest | None, job: Job, result: JobResult) -> None:
+        if request is None:
+            # Background work (storing turns): nobody waits for it, so say when it fails.
+            if result.error is not None:
+                warnings.warn(
+                    f"convmem background job {job.key!r} failed: "
+                    f"{type(result.error).__name__}: {result.error}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        else:
+            request.results[job.key] = result
+        if isinstance(job, LLMJob):
+            usage = getattr(result.value, "usage", None)
+            self.usage.add_summary(
+                int(getattr(usage, "prompt_tokens", 0) or 0),
+                int(getattr(usage, "completion_tokens", 0) or 0),
+            )
+
+    def _build(self, call: _Call, request: ContextRequest) -> ContextPlan:
+        plan = self.strategy.build(request)
+        if plan.new_summary is not None:
+            # A summary is a derived record of committed turns: it is kept even if the call
+            # then fails, so the next call does not pay for it again. Messages are untouched.
+            self.history.add_summary(plan.new_summary)
+        call.plans.append(plan)
+        return plan
+
+    def _kwargs(self, call: _Call, plan: ContextPlan, *, stream: bool) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"model": self.model, "messages": plan.messages}
+        kwargs.update(call.params)
+        if call.registry is not None:
+            kwargs["tools"] = call.registry.schemas
+        if stream:
+            kwargs["stream"] = True
+            kwargs.setdefault("stream_options", {"include_usage": True})
+        return kwargs
+
+    def _on_completion(
+        self, call: _Call, plan: ContextPlan, completion: ChatCompletion
+    ) -> list[dict[str, Any]] | None:
+        """Accounts for a response; returns the tool calls convmem must run, or None when done."""
+        usage = completion.usage
+        self.usage.add_completion(usage)
+        if usage is not None and usage.prompt_tokens:
+            plan.reported_prompt_tokens = int(usage.prompt_tokens)
+            self.calibrator.observe(self.model, plan.estimated_tokens, int(usage.prompt_tokens))
+        self.last_plan = plan
+        if not completion.choices:
+            raise UsageError("the server returned no choices")
+        index = call.choose(completion) if call.choose else 0
+        if not isinstance(index, int) or not 0 <= index < len(completion.choices):
+            raise UsageError(
+                f"choose= returned {index!r}; expected an index below {len(completion.choices)}"
+            )
+        message = _assistant_message(completion.choices[index].message)
+        tool_calls = message.get("tool_calls") or []
+        if tool_calls and call.registry is not None and call.registry.can_run_all(tool_calls):
+            if call.rounds >= call.max_tool_rounds:
+                raise ToolRoundsExceededError(call.rounds, [*call.pending, message])
+            call.rounds += 1
+            call.pending.append(message)
+            return list(tool_calls)
+        call.final = message
+        return None
+
+    def _commit(self, call: _Call, completion: ChatCompletion) -> list[Turn]:
+        assert call.final is not None
+        turns = self.history.append([*call.pending, call.final])
+        self.last_completion = completion
+        self.last_latency = time.perf_counter() - call.started
+        return turns
+
+    def _next_request(self) -> tuple[ContextRequest, list[LLMJob]]:
+        """A request for a next call with no message yet, and the LLM jobs it would need."""
+        call = _Call(
+            pending=[],
+            params={},
+            registry=None,
+            choose=None,
+            max_tool_rounds=0,
+            budget_reserve=self.reply_reserve,
+        )
+        request = self._request(call)
+        return request, [j for j in self._jobs(request) if isinstance(j, LLMJob)]
+
+    def _keep_prepared(self, request: ContextRequest) -> Summary | None:
+        try:
+            plan = self.strategy.build(request)
+        except Exception:  # the next call builds its own context and reports any problem
+            return None
+        if plan.new_summary is not None:
+            self.history.add_summary(plan.new_summary)
+        return plan.new_summary
+
+    def _job_call(self, job: LLMJob) -> tuple[Any, dict[str, Any]]:
+        """The client and ``create`` arguments of a strategy's LLM job."""
+        kwargs: dict[str, Any] = {
+            "model": job.model or self.model,
+            "messages": job.messages,
+            **dict(job.params),
+        }
+        if job.timeout is not None:
+            kwargs["timeout"] = job.timeout
+        return (job.client if job.client is not None else self.client), kwargs
+
+    def _observe_jobs(self, turns: Sequence[Turn]) -> Sequence[Job]:
+        observe = getattr(self.strategy, "observe", None)
+        if turns and callable(observe):
+            return observe(self.conversation_id, turns)  # type: ignore[no-any-return]
+        return ()
+
+
+def _load_kwargs(data: str | Mapping[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments for a conversation loaded from ``to_json`` output."""
+    import json
+
+    raw = json.loads(data) if isinstance(data, str) else data
+    if isinstance(raw, Mapping):
+        kwargs.setdefault("model", raw.get("model"))
+        kwargs.setdefault("conversation_id", raw.get("conversation_id"))
+    return {**kwargs, "history": History.from_dict(raw)}
+
+
+def _parsed(completion: ChatCompletion, choose: Chooser | None) -> Any:
+    index = choose(completion) if choose else 0
+    return getattr(completion.choices[index].message, "parsed", None)
+
+
+def _assistant_message(msg: Any) -> Message:
+    data: Message = msg.model_dump(exclude_none=True, exclude={"parsed"}, warnings=False)
+    if not data.get("annotations"):
+        data.pop("annotations", None)
+    data["role"] = "assistant"
+    if data.get("tool_calls"):
+        data.setdefault("content", None)
+    elif "content" not in data:
+        data["content"] = ""
+    return data
+
+
+def _run_local(job: LocalJob) -> JobResult:
+    t0 = time.perf_counter()
+    try:
+        return JobResult(value=job.fn(), seconds=time.perf_counter() - t0)
+    except Exception as exc:  # a store failure must not lose the call; the strategy decides
+        return JobResult(error=exc, seconds=time.perf_counter() - t0)
+
+
+def _tool_name(tool_calls: Sequence[Mapping[str, Any]], tool_msg: Mapping[str, Any]) -> str:
+    for call in tool_calls:
+        if call.get("id") == tool_msg.get("tool_call_id"):
+            return str(call.get("function", {}).get("name", ""))
+    return ""
