@@ -22,8 +22,10 @@ from .errors import (
     BudgetError,
     ContextOverflowError,
     ConvmemError,
+    InvalidHistoryError,
     InvalidMessageError,
     MissingExtraError,
+    ReadOnlyError,
     RunError,
     StreamIncompleteError,
     ToolRoundsExceededError,
@@ -41,6 +43,7 @@ from .events import (
 )
 from .history import History, Summary, Turn
 from .plan import ContextPlan, Section, SummaryCall, TurnDecision
+from .redact import redact
 from .strategy import (
     Budget,
     ContextRequest,
@@ -66,6 +69,7 @@ __all__ = [
     "Conversation",
     "ConvmemError",
     "History",
+    "InvalidHistoryError",
     "InvalidMessageError",
     "JobResult",
     "KeepAll",
@@ -74,6 +78,7 @@ __all__ = [
     "MissingExtraError",
     "ObservingStrategy",
     "PreparingStrategy",
+    "ReadOnlyError",
     "ReasoningDelta",
     "RunError",
     "Section",
@@ -98,4 +103,5 @@ __all__ = [
     "UsageEvent",
     "__version__",
     "default_counter",
+    "redact",
 ]

@@ -38,6 +38,30 @@ class InvalidMessageError(UsageError):
         super().__init__(f"{reason}{where}")
 
 
+class InvalidHistoryError(UsageError):
+    """A saved history (``from_json``/``from_dict`` input) is malformed, tampered or conflicting.
+
+    Attributes:
+        field: Where in the document the problem is, as a path, e.g. ``"turns[3].created_at"``
+            or ``"conversation_id"``.
+        reason: What is wrong there.
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"invalid saved history at {field}: {reason}")
+
+
+class ReadOnlyError(UsageError, TypeError):
+    """Something tried to edit the append-only history in place.
+
+    The history is changed only by sending, ``extend()`` and ``clear()``; ``conv.turns``,
+    ``conv.system`` and the messages of a plan are read-only views of it. Copy a message with
+    ``copy.deepcopy`` (or read ``conv.messages``, which returns copies) to change it.
+    """
+
+
 class BudgetError(UsageError):
     """A token budget cannot work at all, e.g. it is smaller than the pinned system prompt.
 
@@ -144,8 +168,10 @@ __all__ = [
     "BudgetError",
     "ContextOverflowError",
     "ConvmemError",
+    "InvalidHistoryError",
     "InvalidMessageError",
     "MissingExtraError",
+    "ReadOnlyError",
     "RunError",
     "StreamIncompleteError",
     "ToolRoundsExceededError",

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from .history import Summary
 from .messages import Message
+from .redact import redact
 
 SectionName = Literal["system", "summary", "recalled", "recent", "tools"]
 Action = Literal["kept", "dropped", "summarised", "recalled"]
@@ -106,6 +107,11 @@ class SummaryCall:
     error: str | None = None
     seconds: float = 0.0
 
+    def __post_init__(self) -> None:
+        # Provider error text can echo the API key back: never keep it (convmem.redact).
+        if self.error is not None:
+            self.error = redact(self.error)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -154,6 +160,10 @@ class ContextPlan:
     new_summary: Summary | None = None
     spans: list[DecisionSpan] = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        # Notes quote provider errors, which can echo the API key back (convmem.redact).
+        self.notes = [redact(n) for n in self.notes]
 
     @property
     def decisions(self) -> list[TurnDecision]:
