@@ -164,17 +164,69 @@ class StreamIncompleteError(RunError):
         super().__init__(reason)
 
 
+
+class StreamAbandonedError(StreamIncompleteError):
+    """The stream was closed, unfinished, because a later call on the conversation started while
+    the stream's consumer had stopped reading (a ``break``, Ctrl-C, an iterator left in a
+    variable). Nothing of it was committed; the later call went ahead."""
+
+
+class InvalidResponseError(RunError):
+    """The server's reply is not a usable chat completion.
+
+    Raised as the reply arrives, before any tool runs or another request is sent: no choices,
+    a 200 whose body is not a chat completion (an HTML page from a proxy, ``null``), a choice
+    without a message, tool calls with empty or duplicate ids. Nothing is committed.
+
+    Attributes:
+        reason: What is wrong.
+        body: The start of what the server sent (at most 500 characters), when known.
+    """
+
+    def __init__(self, reason: str, body: str = "") -> None:
+        self.reason = reason
+        self.body = body
+        super().__init__(f"the server's reply is not a usable chat completion: {reason}")
+
+
+class ToolTimeoutError(RunError):
+    """A tool convmem ran did not return within ``tool_timeout``; nothing was committed.
+
+    Attributes:
+        name: The tool.
+        seconds: The limit that passed.
+    """
+
+    def __init__(self, name: str, seconds: float) -> None:
+        self.name = name
+        self.seconds = seconds
+        super().__init__(
+            f"tool {name!r} did not return within {seconds:g} s (tool_timeout); "
+            "the turn was not committed"
+        )
+
+
+class ConversationBusyError(UsageError):
+    """A call was made on a conversation from inside its own running call (a tool or strategy
+    calling back into it in the same thread or task): waiting would never end, so it fails at
+    once. Raised before any network call."""
+
+
 __all__ = [
     "BudgetError",
     "ContextOverflowError",
+    "ConversationBusyError",
     "ConvmemError",
     "InvalidHistoryError",
     "InvalidMessageError",
+    "InvalidResponseError",
     "MissingExtraError",
     "ReadOnlyError",
     "RunError",
+    "StreamAbandonedError",
     "StreamIncompleteError",
     "ToolRoundsExceededError",
+    "ToolTimeoutError",
     "UnknownModelError",
     "UsageError",
 ]
