@@ -8,6 +8,7 @@ import enum
 import functools
 import json
 import threading
+import warnings
 from typing import Annotated, Any, Literal
 
 import pytest
@@ -19,10 +20,14 @@ from convmem.tools import (
     Tool,
     ToolExecution,
     ToolRegistry,
+    ToolSchemaWarning,
     function_schema,
     parse_docstring,
     result_to_content,
 )
+
+# Most fixtures here are terse on purpose; the warning for them is tested on its own below.
+pytestmark = pytest.mark.filterwarnings("ignore::convmem.tools.ToolSchemaWarning")
 
 # --- fixtures: types and functions at module level (annotations are strings here) ----------
 
@@ -263,6 +268,62 @@ def test_description_sources_and_precedence() -> None:
     assert props["b"]["description"] == "from field"
     assert props["c"] == {"type": "integer", "default": 3, "description": "from default field"}
     assert props["d"]["description"] == "from docstring."
+
+
+def test_undescribed_function_warns_naming_it() -> None:
+    def lookup(query, limit=3):  # type: ignore[no-untyped-def]
+        return query
+
+    with pytest.warns(ToolSchemaWarning) as caught:
+        schema = function_schema(lookup)
+    assert len(caught) == 1
+    text = str(caught[0].message)
+    assert "tool 'lookup'" in text
+    assert "test_undescribed_function_warns_naming_it.<locals>.lookup" in text
+    assert "no description" in text
+    assert "parameters 'query', 'limit'" in text
+    # The warning points at the line that asked for the schema, not into convmem.
+    assert caught[0].filename == __file__
+    # The schema is still made: the warning is advice, not a refusal.
+    assert schema["function"]["parameters"]["properties"]["query"] == {}
+
+
+def test_warning_names_only_what_is_missing() -> None:
+    def typed(x: int) -> int:
+        return x
+
+    def documented(x):  # type: ignore[no-untyped-def]
+        """Echo."""
+        return x
+
+    with pytest.warns(ToolSchemaWarning, match=r"'typed'.*no description") as caught:
+        ToolRegistry.from_tools([typed])
+    assert "type hint" not in str(caught[0].message)
+    assert caught[0].filename == __file__
+    with pytest.warns(ToolSchemaWarning, match=r"no type hint on parameter 'x'") as caught:
+        Tool.from_function(documented)
+    assert "no description" not in str(caught[0].message)
+
+
+def test_described_function_does_not_warn() -> None:
+    def f(x: int) -> int:
+        return x
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        function_schema(get_weather)
+        function_schema(no_params)
+        function_schema(f, description="Doubles.")  # description= stands in for a docstring
+        ToolRegistry.from_tools([get_weather, {"type": "function", "function": {"name": "x"}}])
+
+
+def test_schema_generation_lives_in_toolschema() -> None:
+    import convmem.docstrings
+    import convmem.toolschema
+
+    assert function_schema is convmem.toolschema.function_schema
+    assert ToolSchemaWarning is convmem.toolschema.ToolSchemaWarning
+    assert parse_docstring is convmem.docstrings.parse_docstring
 
 
 def test_missing_type_hint_is_any() -> None:
