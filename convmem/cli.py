@@ -384,86 +384,11 @@ def _speed(argv: Sequence[str]) -> int:
 
 # --- demo ----------------------------------------------------------------------------------
 
-DEMO_SYSTEM = "You are a friendly travel assistant. Answer in one or two short sentences."
-DEMO_MESSAGES = (
-    "Hi! I'm Ada. I live in Lisbon and I'm planning a trip to Japan in April.",
-    "My budget is about 3000 euros, and I love hiking and ramen.",
-    "Can you suggest a rough plan for ten days?",
-    "Remind me: what is my name, where do I live, and what is my budget?",
-)
-DEMO_FAKE_REPLIES = (
-    "Nice to meet you, Ada! April is cherry-blossom season, a lovely time for Japan.",
-    "3000 euros is plenty for ten days of trails and noodle bars.",
-    "Tokyo for three days, the Kumano Kodo trail for four, then Kyoto and Osaka for ramen.",
-    "You are Ada, you live in Lisbon, and your budget is about 3000 euros.",
-)
-DEMO_FAKE_SUMMARY = (
-    "- The user is Ada, lives in Lisbon.\n- Trip to Japan in April.\n"
-    "- Budget about 3000 euros; likes hiking and ramen."
-)
-#: Small enough that the rolling summary fires by the fourth message.
-DEMO_WINDOW = 224
-DEMO_REPLY_TOKENS = 64
-DEMO_SUMMARY_TOKENS = 48
-
 
 def _demo(args: argparse.Namespace) -> int:
-    from .conversation import Conversation
-    from .strategies import Pipeline, RollingSummary, Truncate
-    from .tokens import TiktokenCounter
+    from . import demo
 
-    with _demo_client(fake=args.fake) as (client, model, label):
-        print(f"convmem demo: {label}; window {DEMO_WINDOW} tokens, summary at 70%\n")
-        conv = Conversation(
-            client,
-            model=model,
-            system=DEMO_SYSTEM,
-            context_window=DEMO_WINDOW,
-            counter=TiktokenCounter(encoding="cl100k_base"),
-            strategy=Pipeline(RollingSummary(max_summary_tokens=DEMO_SUMMARY_TOKENS), Truncate()),
-        )
-        for text in DEMO_MESSAGES:
-            reply = conv.send(text, max_tokens=DEMO_REPLY_TOKENS, temperature=0)
-            answer = (reply.choices[0].message.content or "").strip()
-            print(f"user:      {text}")
-            print(f"assistant: {answer}")
-            print(conv.last_plan)
-            print()
-        usage = conv.usage
-        print(
-            f"usage: {usage.calls} calls, {usage.prompt_tokens} prompt + "
-            f"{usage.completion_tokens} completion tokens; summariser: {usage.summary_calls} "
-            f"call(s), {usage.summary_prompt_tokens} + {usage.summary_completion_tokens} tokens"
-        )
-    return 0
-
-
-@contextmanager
-def _demo_client(*, fake: bool) -> Iterator[tuple[Any, str, str]]:
-    if fake:
-        from .strategies.summary import DEFAULT_SUMMARY_PROMPT
-        from .testing import FakeChatServer
-
-        replies = iter(DEMO_FAKE_REPLIES)
-
-        def answer(body: dict[str, Any]) -> str:
-            messages = body.get("messages") or [{}]
-            if messages[0].get("content") == DEFAULT_SUMMARY_PROMPT:
-                return DEMO_FAKE_SUMMARY
-            return next(replies, "(no more scripted replies)")
-
-        fake_server = FakeChatServer().respond_with(answer, times=2 * len(DEMO_MESSAGES))
-        yield (
-            fake_server.client(),
-            "gpt-4o-mini",
-            "scripted replies (convmem.testing.FakeChatServer)",
-        )
-        return
-    from .localserver import LocalModelServer
-
-    _say("starting the local model (llama.cpp, SmolLM2-135M-Instruct) ...")
-    with LocalModelServer() as server:
-        yield server.client(), server.model, f"local llama.cpp server, {server.model}"
+    return demo.run(fake=args.fake)
 
 
 # --- entry point ---------------------------------------------------------------------------

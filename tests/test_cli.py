@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.machinery
 import importlib.util
+import io
 import json
 import sys
 import types
@@ -15,6 +16,7 @@ import pytest
 
 import convmem.bench
 import convmem.cli as cli
+from convmem import demo
 from convmem.cli import PROBE, build_parser, main
 
 
@@ -186,8 +188,43 @@ def test_probe_quick_no_summary_end_to_end(
 def test_demo_with_fake_server(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--fake"]) == 0
     out = capsys.readouterr().out
-    assert out.count("assistant: ") == len(cli.DEMO_MESSAGES)
-    assert cli.DEMO_FAKE_REPLIES[-1] in out
-    assert out.count("ContextPlan[") == len(cli.DEMO_MESSAGES)
-    assert "summary call" in out and "summarised turns" in out
+    assert out.count("assistant: ") == len(demo.DEMO_MESSAGES)
+    assert out.count("ContextPlan[") == len(demo.DEMO_MESSAGES)
+    assert "summary call" in out and "summarised turn" in out
     assert "summariser: 1 call(s)" in out
+
+
+def test_demo_fake_answers_only_from_what_was_sent() -> None:
+    """The fake recites a fact only when the last call's messages carry it."""
+    from convmem import Conversation
+
+    seen: list[Conversation] = []
+    original = Conversation.send
+
+    def spy(self: Conversation, *a: object, **kw: object) -> object:
+        seen.append(self)
+        return original(self, *a, **kw)
+
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Conversation, "send", spy)
+        assert demo.run(fake=True, out=out) == 0
+    conv = seen[-1]
+    assert conv.last_plan is not None
+    sent = demo._request_text(conv.last_plan.messages)
+    answer = conv.messages[-1]["content"]
+    for fact, value in demo.find_facts(sent).items():
+        assert value in answer, fact
+    for fact in set(demo.FACTS) - set(demo.find_facts(sent)):
+        assert "I don't know" in answer, fact
+
+
+def test_demo_fake_summariser_keeps_only_what_it_was_sent() -> None:
+    assert demo.fake_summary("user: I'm Ada and I live in Lisbon.") == (
+        "- The user's name is Ada.\n- The user lives in Lisbon."
+    )
+    assert "budget" not in demo.fake_summary("user: I'm Ada.")
+    assert demo.fake_final_answer("The user's name is Ada.") == (
+        "From what I can see: your name is Ada, I don't know where you live, "
+        "and I don't know your budget."
+    )
