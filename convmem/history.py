@@ -8,24 +8,137 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from .errors import InvalidMessageError, UsageError
-from .messages import Message, check_sequence, split_turns, to_wire, validate_message
+from .errors import InvalidHistoryError, InvalidMessageError, ReadOnlyError, UsageError
+from .messages import (
+    Message,
+    check_sequence,
+    convert_legacy_functions,
+    repair_text,
+    split_turns,
+    to_wire,
+    validate_message,
+)
 
 if TYPE_CHECKING:
     from .tokens import TokenCounter
 
 FORMAT_VERSION = 1
 
+#: Latest ``created_at`` a saved history may carry (the end of year 9999, UTC): later values are
+#: tampering or corruption, and would break every time formatting and recency computation.
+MAX_TIMESTAMP = 253_402_300_799.0
+#: Largest turn id or token count accepted from a saved history.
+MAX_SAVED_INT = 2**53
 
-@dataclass(eq=False)
+_READ_ONLY = (
+    "the history is append-only: this is a read-only view (conv.messages or copy.deepcopy() "
+    "give an editable copy; add messages with extend())"
+)
+
+
+def _refuse(*_args: Any, **_kwargs: Any) -> NoReturn:
+    raise ReadOnlyError(_READ_ONLY)
+
+
+class FrozenDict(dict[str, Any]):
+    """A message (or part of one) in the history: a ``dict`` that refuses changes.
+
+    It is a real ``dict`` for reading (``isinstance``, ``json.dumps``, ``==`` all work);
+    ``copy.copy``/``copy.deepcopy``/``pickle`` give plain, editable dicts.
+    """
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return thaw(self)
+
+    def __reduce__(self) -> Any:
+        return (dict, (thaw(self),))
+
+
+class FrozenList(list[Any]):
+    """A list inside a history message (content parts, tool calls) that refuses changes."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+
+    def __copy__(self) -> list[Any]:
+        return list(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return thaw(self)
+
+    def __reduce__(self) -> Any:
+        return (list, (thaw(self),))
+
+
+def freeze(value: Any) -> Any:
+    """A read-only deep copy of a JSON-shaped value (what the history stores)."""
+    if isinstance(value, Mapping):
+        return FrozenDict({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return FrozenList(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """A plain, editable deep copy of a (possibly frozen) JSON-shaped value."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [thaw(v) for v in value]
+    return value
+
+
+class _CountCache:
+    """Token counts cached per counter *object* (compared with ``is``, never by ``id()``).
+
+    Keyed by ``id(counter)``, a counter created at the address of a freed one inherited its
+    counts. Holding the counter itself makes that impossible; a few entries suffice (one
+    counter per conversation is the rule).
+    """
+
+    __slots__ = ("entries",)
+    _MAX = 4
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[Any, bool, Any]] = []
+
+    def get(self, counter: Any, flag: bool) -> Any:
+        for c, f, value in self.entries:
+            if c is counter and f == flag:
+                return value
+        return None
+
+    def put(self, counter: Any, flag: bool, value: Any) -> None:
+        entries = [e for e in self.entries if not (e[0] is counter and e[1] == flag)]
+        entries.append((counter, flag, value))
+        self.entries = entries[-self._MAX :]
+
+    def clear(self) -> None:
+        self.entries = []
+
+
+@dataclass(frozen=True, eq=False)
 class Turn:
     """One turn: a user message and every assistant/tool message up to the next user message.
+
+    A turn is read-only: its messages are frozen views (:class:`FrozenDict`), so the history
+    cannot be edited through ``conv.turns[i].messages[j]`` and cached token counts always match
+    what is sent. ``copy.deepcopy(message)`` gives an editable copy.
 
     Attributes:
         id: Stable id, unique within the conversation, increasing with time.
@@ -36,12 +149,12 @@ class Turn:
     id: int
     messages: tuple[Message, ...]
     created_at: float = field(default_factory=time.time)
-    _token_cache: dict[tuple[int, bool], tuple[int, ...]] = field(
-        default_factory=dict, repr=False, compare=False
-    )
-    _total_cache: dict[tuple[int, bool], int] = field(
-        default_factory=dict, repr=False, compare=False
-    )
+    _token_cache: _CountCache = field(default_factory=_CountCache, repr=False, compare=False)
+    _total_cache: _CountCache = field(default_factory=_CountCache, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not all(isinstance(m, FrozenDict) for m in self.messages):
+            object.__setattr__(self, "messages", tuple(freeze(m) for m in self.messages))
 
     @property
     def user_message(self) -> Message | None:
@@ -64,27 +177,29 @@ class Turn:
         self, counter: TokenCounter, *, send_reasoning: bool = False
     ) -> tuple[int, ...]:
         """Per-message token counts of the wire form, counted once and cached."""
-        key = (id(counter), send_reasoning)
-        cached = self._token_cache.get(key)
+        cached: tuple[int, ...] | None = self._token_cache.get(counter, send_reasoning)
         if cached is None or len(cached) != len(self.messages):
             cached = tuple(
                 counter.count_message(to_wire(m, send_reasoning=send_reasoning))
                 for m in self.messages
             )
-            self._token_cache[key] = cached
+            self._token_cache.put(counter, send_reasoning, cached)
         return cached
 
     def tokens(self, counter: TokenCounter, *, send_reasoning: bool = False) -> int:
         """Token count of the whole turn as sent (cached)."""
-        key = (id(counter), send_reasoning)
-        total = self._total_cache.get(key)
+        total: int | None = self._total_cache.get(counter, send_reasoning)
         if total is None:
             total = sum(self.message_tokens(counter, send_reasoning=send_reasoning))
-            self._total_cache[key] = total
+            self._total_cache.put(counter, send_reasoning, total)
         return total
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "created_at": self.created_at, "messages": list(self.messages)}
+        return {
+            "id": self.id,
+            "created_at": self.created_at,
+            "messages": [thaw(m) for m in self.messages],
+        }
 
 
 @dataclass(frozen=True)
@@ -148,13 +263,18 @@ class History:
     """
 
     def __init__(self, system: str | Mapping[str, Any] | None = None) -> None:
-        self.system: Message | None = _system_message(system)
-        self._system_tokens: tuple[int, int] | None = None  # (id(counter), tokens)
+        self._system: Message | None = _system_message(system)
+        self._system_tokens: tuple[Any, int] | None = None  # (counter, tokens)
         self._turns: list[Turn] = []
         self._summaries: list[Summary] = []
         self._next_id = 0
 
     # -- reading -------------------------------------------------------------------------------
+    @property
+    def system(self) -> Message | None:
+        """The pinned system message (a read-only view; change it with :meth:`set_system`)."""
+        return self._system
+
     @property
     def turns(self) -> Sequence[Turn]:
         """The committed turns, oldest first (read-only view)."""
@@ -197,16 +317,36 @@ class History:
 
     def messages(self) -> list[Message]:
         """The whole history as OpenAI message dicts, system first (copies)."""
-        out: list[Message] = [dict(self.system)] if self.system else []
+        out: list[Message] = [thaw(self._system)] if self._system else []
         for turn in self._turns:
             out.extend(json.loads(json.dumps(m)) for m in turn.messages)
         return out
 
     # -- writing (each is atomic: validate everything, then append) ----------------------------
-    def validate_new(self, messages: Sequence[Any]) -> list[Message]:
-        """Validates messages as a continuation of this history; returns copies. No side effects."""
+    def validate_new(self, messages: Iterable[Any]) -> list[Message]:
+        """Validates messages as a continuation of this history; returns copies. No side effects.
+
+        Legacy ``function_call``/``function`` messages come back converted to tool calls (see
+        :func:`~convmem.messages.convert_legacy_functions`).
+
+        Raises:
+            InvalidMessageError: ``messages`` is not a list of messages, a message is invalid, or
+                the order breaks the API's rules.
+        """
+        if (
+            messages is None
+            or isinstance(messages, (str, bytes, Mapping))
+            or hasattr(messages, "model_dump")
+            or not isinstance(messages, Iterable)
+        ):
+            raise InvalidMessageError(
+                f"expected a list of message dicts, got {type(messages).__name__} "
+                "(wrap a single message in a list)",
+                messages,
+            )
         checked = [validate_message(m, i) for i, m in enumerate(messages)]
         prior = self._turns[-1].messages if self._turns else ()
+        checked = convert_legacy_functions(checked, prior=prior)
         check_sequence(checked, prior=prior)
         return checked
 
@@ -233,7 +373,8 @@ class History:
         groups = split_turns(checked)
         if self._turns and checked[0].get("role") != "user":
             last = self._turns[-1]
-            last.messages = last.messages + tuple(groups.pop(0))
+            added = tuple(freeze(m) for m in groups.pop(0))
+            object.__setattr__(last, "messages", last.messages + added)
             last._token_cache.clear()
             last._total_cache.clear()
             touched.append(last)
@@ -258,15 +399,15 @@ class History:
         self._summaries.clear()
 
     def set_system(self, system: str | Mapping[str, Any] | None) -> None:
-        self.system = _system_message(system)
+        self._system = _system_message(system)
         self._system_tokens = None
 
     def system_tokens(self, counter: TokenCounter) -> int:
-        """Tokens of the pinned system message (counted once per counter)."""
-        if self.system is None:
+        """Tokens of the pinned system message (counted once per counter object)."""
+        if self._system is None:
             return 0
-        if self._system_tokens is None or self._system_tokens[0] != id(counter):
-            self._system_tokens = (id(counter), counter.count_message(self.system))
+        if self._system_tokens is None or self._system_tokens[0] is not counter:
+            self._system_tokens = (counter, counter.count_message(self._system))
         return self._system_tokens[1]
 
     # -- JSON ----------------------------------------------------------------------------------
@@ -274,19 +415,23 @@ class History:
         return {
             "format": "convmem.history",
             "version": FORMAT_VERSION,
-            "system": self.system,
+            "system": thaw(self._system),
             "next_turn_id": self._next_id,
             "turns": [t.to_dict() for t in self._turns],
             "summaries": [s.to_dict() for s in self._summaries],
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> History:
+    def from_dict(cls, data: Any) -> History:
         """Rebuilds a history from :meth:`to_dict` output, or from a plain list of messages.
 
+        The input is not trusted: every field is checked (types, ranges, order, that each turn
+        starts at a user message, that summaries cover turns that exist, timestamps finite and
+        between 1970 and 9999) before anything is built.
+
         Raises:
-            InvalidMessageError: a message in the data is invalid.
-            UsageError: the data is not a convmem history.
+            InvalidHistoryError: the data is not a valid convmem history; ``field`` names where
+                (e.g. ``"turns[3].created_at"``).
         """
         if isinstance(data, list):
             system = None
@@ -297,53 +442,244 @@ class History:
                 and msgs[0].get("role") in ("system", "developer")
             ):
                 system = msgs.pop(0)
-            hist = cls(system)
-            hist.append(msgs)
+            with _at("[0]" if system is not None else "[]"):
+                hist = cls(system)
+            offset = 1 if system is not None else 0
+            try:
+                hist.append(msgs)
+            except InvalidMessageError as exc:
+                where = f"[{exc.index + offset}]" if exc.index is not None else "[]"
+                raise InvalidHistoryError(where, exc.reason) from exc
             return hist
-        if not isinstance(data, Mapping) or data.get("format") != "convmem.history":
-            raise UsageError("not a convmem history (expected format 'convmem.history')")
-        hist = cls(data.get("system"))
-        for raw in data.get("turns", []):
-            msgs = hist.validate_new(raw["messages"])
-            if not msgs or (msgs[0].get("role") != "user" and hist._turns):
-                raise InvalidMessageError(
-                    f"turn {raw.get('id')} does not start with a user message"
-                )
-            turn = Turn(
-                id=int(raw["id"]), messages=tuple(msgs), created_at=float(raw["created_at"])
+        if not isinstance(data, Mapping):
+            raise InvalidHistoryError(
+                "$",
+                f"expected a convmem history object or a list of messages, got "
+                f"{type(data).__name__}",
             )
-            if hist._turns and turn.id <= hist._turns[-1].id:
-                raise UsageError(f"turn ids must increase (turn {turn.id})")
-            hist._turns.append(turn)
-            hist._next_id = turn.id + 1
-        hist._next_id = max(hist._next_id, int(data.get("next_turn_id", hist._next_id)))
-        for raw in data.get("summaries", []):
-            hist.add_summary(
-                Summary(
-                    text=raw["text"],
-                    covers=tuple(int(i) for i in raw["covers"]),
-                    created_at=float(raw.get("created_at", 0.0)),
-                    model=raw.get("model", ""),
-                    prompt_tokens=int(raw.get("prompt_tokens", 0)),
-                    completion_tokens=int(raw.get("completion_tokens", 0)),
-                )
+        if data.get("format") != "convmem.history":
+            raise InvalidHistoryError(
+                "format", f"expected 'convmem.history', got {_short(data.get('format'))}"
             )
+        version = data.get("version", FORMAT_VERSION)
+        if not _is_int(version) or not 1 <= version <= FORMAT_VERSION:
+            raise InvalidHistoryError(
+                "version", f"this convmem reads version {FORMAT_VERSION}, got {_short(version)}"
+            )
+        with _at("system"):
+            hist = cls(data.get("system"))
+        raw_turns = data.get("turns", [])
+        if not isinstance(raw_turns, list):
+            raise InvalidHistoryError("turns", f"expected a list, got {type(raw_turns).__name__}")
+        for n, raw in enumerate(raw_turns):
+            where = f"turns[{n}]"
+            if not isinstance(raw, Mapping):
+                raise InvalidHistoryError(where, f"expected an object, got {type(raw).__name__}")
+            turn_id = _saved_int(raw.get("id"), f"{where}.id")
+            if hist._turns and turn_id <= hist._turns[-1].id:
+                raise InvalidHistoryError(
+                    f"{where}.id", f"turn ids must increase ({turn_id} after {hist._turns[-1].id})"
+                )
+            created_at = _saved_time(raw.get("created_at"), f"{where}.created_at")
+            raw_msgs = raw.get("messages")
+            if not isinstance(raw_msgs, list) or not raw_msgs:
+                raise InvalidHistoryError(f"{where}.messages", "expected a non-empty list")
+            try:
+                msgs = hist.validate_new(raw_msgs)
+            except InvalidMessageError as exc:
+                sub = f"[{exc.index}]" if exc.index is not None else ""
+                raise InvalidHistoryError(f"{where}.messages{sub}", exc.reason) from exc
+            if msgs[0].get("role") != "user" and hist._turns:
+                raise InvalidHistoryError(
+                    f"{where}.messages[0]", "a turn after the first must start with a user message"
+                )
+            later_user = next(
+                (i for i, m in enumerate(msgs) if i > 0 and m.get("role") == "user"), None
+            )
+            if later_user is not None:
+                raise InvalidHistoryError(
+                    f"{where}.messages[{later_user}]",
+                    "a user message starts a new turn: it cannot be inside a turn",
+                )
+            hist._turns.append(Turn(id=turn_id, messages=tuple(msgs), created_at=created_at))
+            hist._next_id = turn_id + 1
+        if "next_turn_id" in data:
+            next_id = _saved_int(data["next_turn_id"], "next_turn_id")
+            hist._next_id = max(hist._next_id, next_id)
+        raw_summaries = data.get("summaries", [])
+        if not isinstance(raw_summaries, list):
+            raise InvalidHistoryError(
+                "summaries", f"expected a list, got {type(raw_summaries).__name__}"
+            )
+        known = {t.id for t in hist._turns}
+        for n, raw in enumerate(raw_summaries):
+            hist._summaries.append(_saved_summary(raw, f"summaries[{n}]", known))
         return hist
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
 
     @classmethod
-    def from_json(cls, text: str) -> History:
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str | bytes) -> History:
+        """Rebuilds a history from :meth:`to_json` output (see :meth:`from_dict`).
+
+        Raises:
+            InvalidHistoryError: the text is not JSON, or not a valid history.
+        """
+        return cls.from_dict(parse_saved(text))
+
+
+def parse_saved(text: Any) -> Any:
+    """Parses saved JSON text (str or UTF-8 bytes) strictly: no NaN/Infinity, clear errors.
+
+    Data that is already parsed (a dict or list) is returned as it is.
+
+    Raises:
+        InvalidHistoryError: not text, not UTF-8, not JSON, or nested too deep to parse.
+    """
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidHistoryError("$", f"not UTF-8 text ({exc.reason})") from exc
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except InvalidHistoryError:
+        raise
+    except RecursionError as exc:
+        raise InvalidHistoryError("$", "JSON nested too deeply") from exc
+    except ValueError as exc:  # json.JSONDecodeError
+        raise InvalidHistoryError("$", f"not valid JSON ({exc})") from exc
+
+
+def load_conversation(
+    data: Any, *, conversation_id: Any = None, model: Any = None
+) -> tuple[History, str | None, str | None]:
+    """The history, conversation id and model of a saved conversation (``to_json`` output).
+
+    Args:
+        data: JSON text, parsed data, or a plain list of messages.
+        conversation_id: The id the caller expects (``from_json(..., conversation_id=...)``).
+            When given, a file that names another id is refused: a tampered or mixed-up file
+            would otherwise write its turns under another conversation's id in a shared store.
+        model: The model the caller chose (overrides the file's).
+
+    Returns:
+        ``(history, conversation_id, model)``: the id and model to use, None when neither the
+        caller nor the file says.
+
+    Raises:
+        InvalidHistoryError: invalid data, or the file's id conflicts with ``conversation_id``.
+    """
+    raw = parse_saved(data)
+    saved_id: str | None = None
+    saved_model: str | None = None
+    if isinstance(raw, Mapping):
+        if raw.get("conversation_id") is not None:
+            saved_id = _saved_text(raw["conversation_id"], "conversation_id")
+        if raw.get("model") is not None:
+            saved_model = _saved_text(raw["model"], "model")
+    if conversation_id is not None and saved_id is not None and conversation_id != saved_id:
+        raise InvalidHistoryError(
+            "conversation_id",
+            f"the file belongs to conversation {saved_id!r}, not {_short(conversation_id)} "
+            "(load it with that id, or without conversation_id= if you trust the file)",
+        )
+    history = History.from_dict(raw)
+    chosen_id = conversation_id if conversation_id is not None else saved_id
+    return history, chosen_id, model if model is not None else saved_model
+
+
+class _at:
+    """Re-raises an :class:`InvalidMessageError` in a block as :class:`InvalidHistoryError`."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if isinstance(exc, InvalidMessageError):
+            raise InvalidHistoryError(self.where, exc.reason) from exc
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise InvalidHistoryError("$", f"{name} is not valid JSON (NaN and infinity are refused)")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _saved_int(value: Any, where: str) -> int:
+    if not _is_int(value) or not 0 <= value <= MAX_SAVED_INT:
+        raise InvalidHistoryError(where, f"expected an int from 0 to 2**53, got {_short(value)}")
+    return int(value)
+
+
+def _saved_time(value: Any, where: str) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 <= value <= MAX_TIMESTAMP
+    ):
+        raise InvalidHistoryError(
+            where, f"expected a Unix time between 1970 and 9999, got {_short(value)}"
+        )
+    return float(value)
+
+
+def _saved_text(value: Any, where: str, *, empty: bool = False) -> str:
+    if not isinstance(value, str) or (not value and not empty):
+        raise InvalidHistoryError(
+            where, f"expected a {'' if empty else 'non-empty '}string, got {_short(value)}"
+        )
+    return repair_text(value)
+
+
+def _saved_summary(raw: Any, where: str, known: set[int]) -> Summary:
+    if not isinstance(raw, Mapping):
+        raise InvalidHistoryError(where, f"expected an object, got {type(raw).__name__}")
+    covers = raw.get("covers")
+    if not isinstance(covers, list):
+        raise InvalidHistoryError(f"{where}.covers", "expected a list of turn ids")
+    ids = tuple(_saved_int(i, f"{where}.covers[{k}]") for k, i in enumerate(covers))
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise InvalidHistoryError(
+            f"{where}.covers", f"covers turn ids that do not exist: {unknown[:10]}"
+        )
+    return Summary(
+        text=_saved_text(raw.get("text"), f"{where}.text", empty=True),
+        covers=ids,
+        created_at=_saved_time(raw.get("created_at", 0.0), f"{where}.created_at"),
+        model=_saved_text(raw.get("model", ""), f"{where}.model", empty=True),
+        prompt_tokens=_saved_int(raw.get("prompt_tokens", 0), f"{where}.prompt_tokens"),
+        completion_tokens=_saved_int(raw.get("completion_tokens", 0), f"{where}.completion_tokens"),
+    )
 
 
 def _system_message(system: str | Mapping[str, Any] | None) -> Message | None:
     if system is None:
         return None
     if isinstance(system, str):
-        return {"role": "system", "content": system}
+        system = {"role": "system", "content": system}
+    if not isinstance(system, Mapping):
+        raise InvalidMessageError(
+            f"system= must be a string or a system/developer message, not {type(system).__name__}",
+            system,
+        )
     msg = validate_message(system)
     if msg["role"] not in ("system", "developer"):
         raise InvalidMessageError("system= must be a string or a system/developer message", msg)
-    return msg
+    frozen: Message = freeze(msg)
+    return frozen
