@@ -22,13 +22,13 @@ T = TypeVar("T")
 __all__ = [
     "chroma_collection_name",
     "finite_number",
-    "identifier",
     "non_empty_str",
     "non_negative_int",
     "number_in_range",
     "optional",
     "positive_int",
     "positive_number",
+    "text_id",
 ]
 
 
@@ -97,13 +97,15 @@ def non_empty_str(name: str, value: Any) -> str:
     return value
 
 
-_IDENTIFIER = re.compile(r"[A-Za-z0-9_.:\-]{1,256}")
-
-
-def identifier(name: str, value: Any) -> str:
-    """A string id for stores and logs: 1-256 of letters, digits, ``_ . : -``."""
-    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
-        raise _fail(name, "a string of 1-256 letters, digits, '_', '.', ':' or '-'", value)
+def text_id(name: str, value: Any) -> str:
+    """An id string (a conversation id): 1-256 printable characters, valid UTF-8."""
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= 256
+        or not value.isprintable()
+        or any("\ud800" <= c <= "\udfff" for c in value)
+    ):
+        raise _fail(name, "a string of 1-256 printable characters", value)
     return value
 
 

@@ -75,7 +75,7 @@ class AsyncConversation(_Core):
     async def from_json(
         cls, client: Any, data: str | Mapping[str, Any], **kwargs: Any
     ) -> AsyncConversation:
-        """Loads a conversation saved with :meth:`to_json`."""
+        """Loads a conversation saved with :meth:`to_json` (see :meth:`Conversation.from_json`)."""
         conv = cls(client, **_load_kwargs(data, kwargs))
         await conv._run_jobs(None, conv._observe_jobs(conv.history.turn_list()))
         return conv

@@ -18,11 +18,13 @@ from typing import Any
 
 from openai.types.chat import ChatCompletion
 
+from . import _check
 from .errors import ToolRoundsExceededError, UsageError
-from .history import History, Summary, Turn
+from .history import History, Summary, Turn, load_conversation
 from .messages import Message, open_tool_call_ids, user_message
 from .models import resolve_context_window
 from .plan import ContextPlan
+from .redact import describe_error, remember_client
 from .strategy import (
     Budget,
     ContextRequest,
@@ -131,8 +133,13 @@ class _Core:
         if history is not None and system is not None:
             self.history.set_system(system)
         self.send_reasoning = send_reasoning
-        self.max_tool_rounds = max_tool_rounds
-        self.conversation_id = conversation_id or uuid.uuid4().hex
+        self.max_tool_rounds = _check.non_negative_int("max_tool_rounds", max_tool_rounds)
+        self.conversation_id = (
+            uuid.uuid4().hex
+            if conversation_id is None
+            else _check.text_id("conversation_id", conversation_id)
+        )
+        remember_client(client)  # its api_key is redacted from notes and warnings
         self.calibrator = UsageCalibrator()
         self.usage = Usage()
         self.last_plan: ContextPlan | None = None
@@ -192,9 +199,11 @@ class _Core:
         registry = ToolRegistry.from_tools(tools) if tools else None
         if registry is not None and "tools" in params:
             raise UsageError("pass tools once, as tools=[...]")
-        rounds = self.max_tool_rounds if max_tool_rounds is None else max_tool_rounds
-        if rounds < 0:
-            raise UsageError("max_tool_rounds must be >= 0")
+        rounds = (
+            self.max_tool_rounds
+            if max_tool_rounds is None
+            else _check.non_negative_int("max_tool_rounds", max_tool_rounds)
+        )
         if message is None:
             pending: list[Message] = []
             turns = self.history.turn_list()
@@ -212,18 +221,18 @@ class _Core:
                 )
         else:
             pending = self.history.validate_new([user_message(message)])
+        for key in ("max_completion_tokens", "max_tokens"):
+            if params.get(key) is not None:
+                _check.positive_int(key, params[key])  # True is not a token count
         reserve = params.get("max_completion_tokens") or params.get("max_tokens")
-        if reserve is not None:
-            if not isinstance(reserve, int) or reserve <= 0:
-                raise UsageError(f"max_tokens must be a positive int, got {reserve!r}")
-            if reserve >= self.context_window:
-                raise UsageError(
-                    f"max_tokens={reserve} leaves no room for the prompt in a "
-                    f"{self.context_window}-token window"
-                )
+        if reserve is not None and reserve >= self.context_window:
+            raise UsageError(
+                f"max_tokens={reserve} leaves no room for the prompt in a "
+                f"{self.context_window}-token window"
+            )
         n = params.get("n")
-        if n is not None and (not isinstance(n, int) or n < 1):
-            raise UsageError(f"n must be a positive int, got {n!r}")
+        if n is not None:
+            _check.positive_int("n", n)
         return _Call(
             pending=pending,
             params=dict(params),
@@ -262,8 +271,7 @@ class _Core:
             # Background work (storing turns): nobody waits for it, so say when it fails.
             if result.error is not None:
                 warnings.warn(
-                    f"convmem background job {job.key!r} failed: "
-                    f"{type(result.error).__name__}: {result.error}",
+                    f"convmem background job {job.key!r} failed: {describe_error(result.error)}",
                     RuntimeWarning,
                     stacklevel=2,
                 )
@@ -361,6 +369,8 @@ class _Core:
         }
         if job.timeout is not None:
             kwargs["timeout"] = job.timeout
+        if job.client is not None:
+            remember_client(job.client)  # a summariser's own key is redacted too
         return (job.client if job.client is not None else self.client), kwargs
 
     def _observe_jobs(self, turns: Sequence[Turn]) -> Sequence[Job]:
@@ -371,14 +381,15 @@ class _Core:
 
 
 def _load_kwargs(data: str | Mapping[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Constructor arguments for a conversation loaded from ``to_json`` output."""
-    import json
+    """Constructor arguments for a conversation loaded from ``to_json`` output.
 
-    raw = json.loads(data) if isinstance(data, str) else data
-    if isinstance(raw, Mapping):
-        kwargs.setdefault("model", raw.get("model"))
-        kwargs.setdefault("conversation_id", raw.get("conversation_id"))
-    return {**kwargs, "history": History.from_dict(raw)}
+    The data is validated fully (``InvalidHistoryError`` names the bad field); a
+    ``conversation_id=`` the caller passes pins the id, and a file naming another id is refused.
+    """
+    history, conversation_id, model = load_conversation(
+        data, conversation_id=kwargs.get("conversation_id"), model=kwargs.get("model")
+    )
+    return {**kwargs, "model": model, "conversation_id": conversation_id, "history": history}
 
 
 def _parsed(completion: ChatCompletion, choose: Chooser | None) -> Any:

@@ -106,7 +106,13 @@ class Conversation(_Core):
 
     @classmethod
     def from_json(cls, client: Any, data: str | Mapping[str, Any], **kwargs: Any) -> Conversation:
-        """Loads a conversation saved with :meth:`to_json` (or a plain list of messages)."""
+        """Loads a conversation saved with :meth:`to_json` (or a plain list of messages).
+
+        The data is not trusted: it is validated fully before anything is built, and any
+        problem raises :class:`~convmem.errors.InvalidHistoryError` naming the field. Pass
+        ``conversation_id=`` to pin the id (recommended for files from elsewhere: the id decides
+        whose turns a shared recall store holds); a file that names another id is refused.
+        """
         conv = cls(client, **_load_kwargs(data, kwargs))
         conv._spawn_observe(conv.history.turn_list())
         return conv

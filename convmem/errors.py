@@ -164,7 +164,6 @@ class StreamIncompleteError(RunError):
         super().__init__(reason)
 
 
-
 class StreamAbandonedError(StreamIncompleteError):
     """The stream was closed, unfinished, because a later call on the conversation started while
     the stream's consumer had stopped reading (a ``break``, Ctrl-C, an iterator left in a

@@ -459,7 +459,9 @@ class History:
             )
         if data.get("format") != "convmem.history":
             raise InvalidHistoryError(
-                "format", f"expected 'convmem.history', got {_short(data.get('format'))}"
+                "format",
+                f"not a convmem history (expected format 'convmem.history', got "
+                f"{_short(data.get('format'))})",
             )
         version = data.get("version", FORMAT_VERSION)
         if not _is_int(version) or not 1 <= version <= FORMAT_VERSION:

@@ -58,11 +58,11 @@ def test_chroma_collection_name_accepts() -> None:
         assert _check.chroma_collection_name("collection", ok) == ok
 
 
-def test_identifier() -> None:
-    assert _check.identifier("conversation_id", "user-42:chat.1") == "user-42:chat.1"
-    for bad in ("", "a b", 5, None, "x" * 257, "a/b"):
-        with pytest.raises(UsageError, match="conversation_id must be"):
-            _check.identifier("conversation_id", bad)
+def test_text_id() -> None:
+    assert _check.text_id("conversation_id", "user 42/chat.1") == "user 42/chat.1"
+    for bad in ("", 5, None, "x" * 257, "a\nb", "a\ud800", b"abc"):
+        with pytest.raises(UsageError, match="conversation_id must be a string of 1-256"):
+            _check.text_id("conversation_id", bad)
 
 
 def test_long_values_are_shortened_in_messages() -> None:
