@@ -211,8 +211,32 @@ class ConversationBusyError(UsageError):
     once. Raised before any network call."""
 
 
+class ConflictError(RunError):
+    """A store write was built on a head another writer has moved past (policy ``"raise"``).
+
+    Nothing was written. Load the conversation again (or resume it) and retry, or use the
+    ``"append"`` / ``"fork"`` policy.
+
+    Attributes:
+        conversation_id: The conversation.
+        expected: The :class:`~convmem.stores.Head` the write was built on.
+        actual: The head the store has.
+    """
+
+    def __init__(self, conversation_id: str, expected: Any, actual: Any, reason: str = "") -> None:
+        self.conversation_id = conversation_id
+        self.expected = expected
+        self.actual = actual
+        why = f": {reason}" if reason else ""
+        super().__init__(
+            f"conversation {conversation_id!r} moved on: this write was built on {expected}, "
+            f"the store's head is {actual}{why}"
+        )
+
+
 __all__ = [
     "BudgetError",
+    "ConflictError",
     "ContextOverflowError",
     "ConversationBusyError",
     "ConvmemError",

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+pytest_plugins = ["_pg"]  # store fixtures: a real PostgreSQL server, a fresh store per test
+
 if TYPE_CHECKING:
     from convmem.localserver import LocalModelServer
 
