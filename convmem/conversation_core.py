@@ -24,6 +24,7 @@ from .history import History, Summary, Turn, load_conversation
 from .messages import Message, open_tool_call_ids, user_message
 from .models import resolve_context_window
 from .plan import ContextPlan
+from .plot import CallRecord
 from .redact import describe_error, remember_client
 from .strategy import (
     Budget,
@@ -146,6 +147,8 @@ class _Core:
         self.last_completion: ChatCompletion | None = None
         self.last_ttft: float | None = None
         self.last_latency: float | None = None
+        #: One small record per API call (numbers only), what :meth:`plot` draws.
+        self.call_log: list[CallRecord] = []
 
     # -- public, I/O-free -----------------------------------------------------------------------
     @property
@@ -174,6 +177,22 @@ class _Core:
         import json
 
         return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
+
+    def _repr_html_(self) -> str:  # notebooks: see convmem.display
+        from .display import conversation_html
+
+        return conversation_html(self)
+
+    def plot(self, **kwargs: Any) -> Any:
+        """Prompt tokens of each call against the history's size (a matplotlib ``Figure``).
+
+        Summary calls and recalled tokens are marked, next to what sending the whole history
+        would cost. Keyword arguments go to :func:`convmem.plot.plot_calls` (``x="turns"``,
+        ``title=``, ``ax=``). Needs ``pip install 'convmem[notebook]'``.
+        """
+        from .plot import plot_calls
+
+        return plot_calls(self.call_log, history=self.history, counter=self.counter, **kwargs)
 
     def __repr__(self) -> str:
         return (
@@ -313,6 +332,7 @@ class _Core:
             plan.reported_prompt_tokens = int(usage.prompt_tokens)
             self.calibrator.observe(self.model, plan.estimated_tokens, int(usage.prompt_tokens))
         self.last_plan = plan
+        self.call_log.append(CallRecord.from_plan(plan, self.history))
         if not completion.choices:
             raise UsageError("the server returned no choices")
         index = call.choose(completion) if call.choose else 0

@@ -279,6 +279,11 @@ class ContextPlan:
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython / notebooks
         p.text(str(self))
 
+    def _repr_html_(self) -> str:  # notebooks: see convmem.display
+        from .display import plan_html
+
+        return plan_html(self)
+
 
 def _ranges(ids: tuple[int, ...] | list[int]) -> str:
     """Compacts ``[1,2,3,7]`` to ``"1-3, 7"``."""
