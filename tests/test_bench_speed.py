@@ -8,18 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from convmem.bench import speed
-from convmem.bench.speed import (
-    CellResult,
-    Ratio,
-    RecallResult,
-    SizeResult,
-    SpeedReport,
-    make_history,
-    measure,
-    measure_capped,
-    run_speed,
-)
+from convmem.bench import speed, speedreport
+from convmem.bench.speed import RecallResult, run_speed
+from convmem.bench.speedreport import CellResult, Ratio, SizeResult, SpeedReport
+from convmem.bench.synth import make_history
+from convmem.bench.timing import measure, measure_capped
 from convmem.errors import UsageError
 
 SIZES = (100, 200)
@@ -60,7 +53,7 @@ def test_every_row_is_measured_at_every_size(report: SpeedReport) -> None:
     assert [s.messages for s in report.results] == list(SIZES)
     for size in report.results:
         assert size.turns == size.messages // 2
-        assert set(size.cells) == set(speed.ROWS)
+        assert set(size.cells) == set(speedreport.ROWS)
         for row, cell in size.cells.items():
             assert cell.skipped is None, (row, cell.skipped)
             assert cell.row == row and cell.messages == size.messages
@@ -68,9 +61,9 @@ def test_every_row_is_measured_at_every_size(report: SpeedReport) -> None:
             assert cell.median_us is not None and cell.p95_us is not None
             assert cell.min_us is not None and cell.min_us <= cell.median_us <= cell.p95_us
             assert cell.kept_messages is not None and cell.kept_messages > 0
-        for row in speed.CONVMEM_ROWS:
+        for row in speedreport.CONVMEM_ROWS:
             assert size.cells[row].first_us is not None
-        for row in speed.COMPETITOR_ROWS:
+        for row in speedreport.COMPETITOR_ROWS:
             assert size.cells[row].first_us is None
             ratio = size.ratios[row]
             assert ratio.value is not None and ratio.value > 0 and not ratio.lower_bound
@@ -106,11 +99,11 @@ def test_report_serialises_and_prints(report: SpeedReport) -> None:
     data = json.loads(report.to_json())
     assert data["budget"] == speed.DEFAULT_BUDGET
     assert [r["messages"] for r in data["results"]] == list(SIZES)
-    assert set(data["results"][0]["cells"]) == set(speed.ROWS)
+    assert set(data["results"][0]["cells"]) == set(speedreport.ROWS)
     assert "langchain" in data["results"][0]["ratios"]
     assert data["environment"]["cpu_count"]
     text = report.format_table()
-    for label in speed.ROW_LABELS.values():
+    for label in speedreport.ROW_LABELS.values():
         assert label in text
     lines = text.splitlines()
     assert any(line.startswith("200 ") for line in lines) and "÷" in text
@@ -151,7 +144,7 @@ def test_measure_capped_cuts_a_call_longer_than_the_cap() -> None:
     assert samples.capped and samples.times_ns == []
     # The cut call ran from the child's start (after its set-up) to the cap.
     assert 0 < samples.unfinished_ns <= 0.6e9
-    cell = speed._cell("llamaindex", 10, samples)
+    cell = speedreport.cell_result("llamaindex", 10, samples)
     assert cell.median_us is None
     assert cell.lower_bound_us == pytest.approx(samples.unfinished_ns / 1_000, abs=0.01)
     assert any("no call finished" in n for n in cell.notes)
@@ -166,7 +159,7 @@ def test_measure_capped_keeps_finished_calls_and_reports_errors() -> None:
 
     failed = measure_capped(boom, repeats=2, cap_s=30)
     assert failed.error is not None and "no tokenizer" in failed.error
-    assert speed._cell("langchain", 10, failed).skipped == failed.error
+    assert speedreport.cell_result("langchain", 10, failed).skipped == failed.error
 
 
 # -- ratios and targets -------------------------------------------------------------------------
@@ -178,7 +171,7 @@ def _size(trunc_us: float, lc: CellResult, li: CellResult) -> SizeResult:
         "langchain": lc,
         "llamaindex": li,
     }
-    return SizeResult(10_000, 5_000, 0, cells, speed._ratios(cells))
+    return SizeResult(10_000, 5_000, 0, cells, speedreport.ratios(cells))
 
 
 def test_ratios_and_targets() -> None:
