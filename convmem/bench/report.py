@@ -14,8 +14,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import MissingExtraError
-from .runner import BenchReport, RowResult, savings
+from convmem import MissingExtraError
+from convmem.bench.runner import BenchReport, RowResult, savings
 
 _SHORT_CATEGORY = {
     "multi-hop": "multi-hop",

@@ -48,12 +48,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import RunError, UsageError
-from ..messages import Message, text_of
-from ..plan import ContextPlan
-from ..strategy import KeepAll, Strategy
-from ..tokens import TiktokenCounter, TokenCounter
-from .data import BenchConversation, BenchQuestion, content_words
+from convmem import (
+    ContextPlan,
+    KeepAll,
+    RunError,
+    Strategy,
+    TiktokenCounter,
+    TokenCounter,
+    UsageError,
+)
+from convmem.bench.data import BenchConversation, BenchQuestion, content_words
+from convmem.messages import Message, text_of
 
 ROW_KINDS: tuple[str, ...] = ("full", "truncate", "recall", "summary", "summary+recall")
 """Row kinds, in the order rows are run and reported."""
@@ -676,7 +681,7 @@ def default_chroma_client() -> Any:
     Raises:
         MissingExtraError: ``chromadb`` is not installed.
     """
-    from ..store import ephemeral_client
+    from convmem.store import ephemeral_client
 
     return ephemeral_client()
 
@@ -758,8 +763,8 @@ class ReplayRunner:
 
     def _setup(self) -> float:
         t0 = time.perf_counter()
-        from ..embed import resolve_embedder
-        from ..strategies import VectorRecall
+        from convmem.embed import resolve_embedder
+        from convmem.strategies import VectorRecall
 
         base = resolve_embedder(self._embedder_spec)
         self.memo_embedder = MemoEmbedder(base)
@@ -796,7 +801,7 @@ class ReplayRunner:
             client: The summariser client to give a summary strategy (default: the
                 summariser's own).
         """
-        from ..strategies import Pipeline, RollingSummary, Truncate
+        from convmem.strategies import Pipeline, RollingSummary, Truncate
 
         if spec.kind == "full":
             return KeepAll(), FULL_WINDOW, None
@@ -843,7 +848,7 @@ class ReplayRunner:
             turn_bar: A progress bar advanced once per turn (default: none, or a transient
                 one per conversation for summary rows when progress is on).
         """
-        from ..conversation import Conversation
+        from convmem import Conversation
 
         stats = _CallStats()
         summ_client = (
