@@ -24,11 +24,15 @@ BENCH = PACKAGE / "bench"
 
 MAX_LINES = 600
 # Modules other work is splitting right now (issue 9.3); each entry goes when its split lands.
+# Over the limit when this test was written, with the work that owns them; when one is split,
+# its entry goes (the test below fails for an entry whose module is gone).
 BEING_SPLIT = {
-    "bench/probe.py",  # the probe generator; its filler moves to bench/synth.py
-    "bench/runner.py",
-    "testing.py",
-    "tokens.py",
+    "bench/probe.py",  # probe generator (its filler can move to bench/synth.py)
+    "bench/runner.py",  # replay runner (shared by recall and strategy work)
+    "history.py",  # input validation work (issue 9.3 applies)
+    "stores/_sql.py",  # durable stores work
+    "testing.py",  # may become a package (issue 9.3)
+    "tokens.py",  # providers work splits it (issue 9.3)
 }
 
 # What a plain `import convmem` must leave out: the benchmark and what only it (or an extra) needs.

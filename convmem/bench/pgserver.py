@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import RunError
+from convmem import RunError
 
 
 def find_bindir() -> str | None:
