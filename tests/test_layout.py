@@ -29,6 +29,7 @@ MAX_LINES = 600
 BEING_SPLIT = {
     "bench/probe.py",  # probe generator (its filler can move to bench/synth.py)
     "bench/runner.py",  # replay runner (shared by recall and strategy work)
+    "display.py",  # notebook views work
     "history.py",  # input validation work (issue 9.3 applies)
     "stores/_sql.py",  # durable stores work
     "testing.py",  # may become a package (issue 9.3)
