@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
-from ..errors import ConflictError, UsageError
+from ..errors import ConflictError, InvalidMessageError, UsageError
 from ..history import Summary, Turn
-from ..messages import Message
+from ..messages import Message, open_tool_call_ids
 from .base import (
     EMPTY,
     Commit,
@@ -354,14 +354,15 @@ class SQLStore:
         t = now() if created_at is None else float(created_at)
 
         def write(tx: Tx) -> Commit:
-            _ensure(tx, conversation_id, t)
-            row = one(
-                tx,
-                "SELECT head, head_len, usage, title FROM convmem_conversations WHERE id = ?"
-                + self.lock_row,
-                (conversation_id,),
+            lock = (
+                "SELECT head, head_len, usage, title, head_open FROM convmem_conversations "
+                "WHERE id = ?" + self.lock_row
             )
-            assert row is not None
+            row = one(tx, lock, (conversation_id,))
+            if row is None:
+                _ensure(tx, conversation_id, t)
+                row = one(tx, lock, (conversation_id,))
+                assert row is not None
             if key is not None:
                 dup = one(
                     tx,
@@ -398,7 +399,20 @@ class SQLStore:
                     target = new_fork_id(conversation_id)
                     self._fork_tx(tx, conversation_id, target, expected_head, t)
                     forked_from, base = conversation_id, expected_head
-            prior = self._turn_messages(tx, target, base) if base.turn_id >= 0 else []
+            if base.turn_id >= 0 and (msgs[0]["role"] != "user" or target != conversation_id):
+                prior = self._turn_messages(tx, target, base)
+            else:
+                # A new turn after the head: only the head's open tool calls matter, and the
+                # row has them, so the lock is held for one query less.
+                prior = []
+                unanswered = json.loads(row[4]) if base.turn_id >= 0 else []
+                if unanswered:
+                    raise InvalidMessageError(
+                        f"tool calls {sorted(unanswered)} have no tool reply before this user "
+                        "message",
+                        msgs[0],
+                        0,
+                    )
             continuation, groups = group_for_write(msgs, base, prior)
             rows: list[tuple[Any, ...]] = []
             turns: list[Turn] = []
@@ -423,18 +437,29 @@ class SQLStore:
             )
             last = turns[-1]
             head = Head(last.id, len(last.messages))
-            trow = one(
-                tx,
-                "SELECT usage, title FROM convmem_conversations WHERE id = ?",
-                (target,),
-            )
-            assert trow is not None
+            trow = row[2:4] if target == conversation_id else None
+            if trow is None:
+                trow = one(
+                    tx, "SELECT usage, title FROM convmem_conversations WHERE id = ?", (target,)
+                )
+                assert trow is not None
             merged = dumps(add_usage(json.loads(trow[0]), usage))
             title = trow[1] or title_of(msgs)
             tx.run(
-                "UPDATE convmem_conversations SET head = ?, head_len = ?, tokens = tokens + ?, "
-                "usage = ?, state = COALESCE(?, state), title = ?, updated_at = ? WHERE id = ?",
-                (head.turn_id, head.length, tokens, merged, state_json, title, t, target),
+                "UPDATE convmem_conversations SET head = ?, head_len = ?, head_open = ?, "
+                "tokens = tokens + ?, usage = ?, state = COALESCE(?, state), title = ?, "
+                "updated_at = ? WHERE id = ?",
+                (
+                    head.turn_id,
+                    head.length,
+                    dumps(open_tool_call_ids(last.messages)),
+                    tokens,
+                    merged,
+                    state_json,
+                    title,
+                    t,
+                    target,
+                ),
             )
             if key is not None:
                 first = turns[0].id
@@ -592,10 +617,22 @@ class SQLStore:
             raise UsageError(f"conversation {dst!r} already exists")
         tx.run(
             "INSERT INTO convmem_conversations (id, title, model, context_window, system, head, "
-            "head_len, n_summaries, tokens, usage, state, forked_from, forked_at, created_at, "
-            "updated_at) SELECT ?, title, model, context_window, system, ?, ?, 0, tokens, usage, "
-            "state, ?, ?, ?, ? FROM convmem_conversations WHERE id = ?",
-            (dst, at.turn_id, at.length if at.turn_id >= 0 else 0, src, at.turn_id, t, t, src),
+            "head_len, head_open, n_summaries, tokens, usage, state, forked_from, forked_at, "
+            "created_at, updated_at) SELECT ?, title, model, context_window, system, ?, ?, ?, 0, "
+            "tokens, usage, state, ?, ?, ?, ? FROM convmem_conversations WHERE id = ?",
+            (
+                dst,
+                at.turn_id,
+                at.length if at.turn_id >= 0 else 0,
+                dumps(
+                    open_tool_call_ids(self._turn_messages(tx, src, at)) if at.turn_id >= 0 else []
+                ),
+                src,
+                at.turn_id,
+                t,
+                t,
+                src,
+            ),
         )
         tx.run(
             "INSERT INTO convmem_messages (conversation_id, turn_id, pos, created_at, message, "

@@ -34,6 +34,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         " system TEXT,"
         " head INTEGER NOT NULL DEFAULT -1,"
         " head_len INTEGER NOT NULL DEFAULT 0,"
+        " head_open TEXT NOT NULL DEFAULT '[]',"
         " n_summaries INTEGER NOT NULL DEFAULT 0,"
         " tokens BIGINT NOT NULL DEFAULT 0,"
         " usage TEXT NOT NULL DEFAULT '{}',"
@@ -156,12 +157,13 @@ class PostgresStore(SQLStore):
                 raise UsageError("conninfo must be a libpq connection string or URL")
             if not (1 <= min_size <= max_size):
                 raise UsageError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
-            # prepare_threshold=None: no server-side prepared statements (PgBouncer-safe).
+            # prepare_threshold=None: no server-side prepared statements (PgBouncer-safe);
+            # autocommit: writes open their transaction explicitly, reads need none.
             self._pool = psycopg_pool.ConnectionPool(
                 conninfo,
                 min_size=min_size,
                 max_size=max_size,
-                kwargs={"prepare_threshold": None, "autocommit": False},
+                kwargs={"prepare_threshold": None, "autocommit": True},
                 timeout=timeout,
                 open=False,
             )
@@ -191,8 +193,15 @@ class PostgresStore(SQLStore):
 
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[Tx]:
-        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            yield _PgTx(cur)
+        with self._pool.connection() as conn:
+            if not write:
+                # Reads need no snapshot (rows past the head are filtered out), so each runs
+                # on its own: no BEGIN/COMMIT round trips.
+                with conn.cursor() as cur:
+                    yield _PgTx(cur)
+                return
+            with conn.transaction(), conn.cursor() as cur:
+                yield _PgTx(cur)
 
     def _retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, self._psycopg.errors.UniqueViolation):

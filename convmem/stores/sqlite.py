@@ -35,6 +35,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         " system TEXT,"
         " head INTEGER NOT NULL DEFAULT -1,"
         " head_len INTEGER NOT NULL DEFAULT 0,"
+        " head_open TEXT NOT NULL DEFAULT '[]',"
         " n_summaries INTEGER NOT NULL DEFAULT 0,"
         " tokens INTEGER NOT NULL DEFAULT 0,"
         " usage TEXT NOT NULL DEFAULT '{}',"
