@@ -16,7 +16,7 @@ from convmem import ContextOverflowError, History, JobResult, KeepAll, Summary
 from convmem.invariants import PlanInvariantError, check_plan
 from convmem.plan import ContextPlan
 from convmem.strategies import Pipeline, RollingSummary, Truncate
-from convmem.strategies.recall import RECALL_JOB, VectorRecall
+from convmem.strategies.recall import VectorRecall
 from convmem.strategy import Budget, ContextRequest
 from convmem.tokens import default_counter
 
@@ -109,7 +109,7 @@ def requests(draw: Any) -> ContextRequest:
     if h.turns:
         ids = draw(st.lists(st.sampled_from([t.id for t in h.turns]), max_size=8, unique=True))
         hits = [_Hit(i, draw(st.floats(0, 1))) for i in ids]
-        req.results[RECALL_JOB] = JobResult(value=sorted(hits, key=lambda x: -x.score))
+        req.results[RECALL.job_key] = JobResult(value=sorted(hits, key=lambda x: -x.score))
     return req
 
 
@@ -119,8 +119,11 @@ class _Hit:
         self.score = score
 
 
+RECALL = VectorRecall(k=3)  # the store is never touched: results are given
+
+
 def strategies_under_test() -> list[Any]:
-    recall = VectorRecall(k=3)  # the store is never touched: results are given
+    recall = RECALL
     return [
         KeepAll(),
         Truncate(),

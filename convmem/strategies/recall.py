@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from .. import _check
 from ..errors import UsageError
 from ..history import Turn
 from ..messages import Message, text_of
@@ -15,6 +17,7 @@ from ..strategy import ContextRequest, Job, LocalJob
 from .compose import Composition, compose
 
 RECALL_JOB = "recall"
+_instances = itertools.count()
 
 #: Default minimum cosine similarity. With all-MiniLM-L6-v2, unrelated sentences mostly score
 #: below 0.2, so weaker matches would spend the recall budget on noise.
@@ -113,10 +116,11 @@ class VectorRecall:
             )
         if role not in ("system", "user"):
             raise UsageError("VectorRecall(role=...) must be 'system' or 'user'")
-        if not isinstance(collection, str) or len(collection) < 3:
-            raise UsageError(
-                f"VectorRecall(collection=...) needs a name of 3+ characters, got {collection!r}"
-            )
+        _check.chroma_collection_name("VectorRecall(collection=...)", collection)
+        if min_score is not None:
+            _check.number_in_range("VectorRecall(min_score=...)", min_score, -1.0, 1.0)
+        # Results are keyed per instance: two VectorRecalls in one Pipeline keep their own.
+        self.job_key = f"{RECALL_JOB}#{next(_instances)}"
         self._client_spec = client
         self.collection = collection
         self._embedder_spec = embedder
@@ -177,7 +181,7 @@ class VectorRecall:
             )
             return len(keep)
 
-        return [LocalJob(f"{RECALL_JOB}:store", store_turns)]
+        return [LocalJob(f"{self.job_key}:store", store_turns)]
 
     def prepare(self, request: ContextRequest) -> list[Job]:
         """Embeds the new message and queries the store (local work, before the build)."""
@@ -193,7 +197,7 @@ class VectorRecall:
                 request.conversation_id, vector, k=fetch, min_score=self.min_score
             )
 
-        return [LocalJob(RECALL_JOB, search)]
+        return [LocalJob(self.job_key, search)]
 
     def build(self, request: ContextRequest) -> ContextPlan:
         return compose(request, [self], name=self.name)
@@ -208,7 +212,7 @@ class VectorRecall:
     def contribute(self, comp: Composition) -> None:
         """Fills the recalled section with the best hits not already sent."""
         request = comp.request
-        result = request.results.get(RECALL_JOB)
+        result = request.results.get(self.job_key)
         if result is None:
             return
         if not result.ok:

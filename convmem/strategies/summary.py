@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .. import _check
 from ..errors import UsageError
 from ..history import Summary, Turn
 from ..messages import Message, text_of
@@ -122,10 +123,18 @@ class RollingSummary:
         timeout: float | None = 60.0,
         summarizer_window: int | None = None,
     ) -> None:
-        if not 0.0 < trigger <= 1.0:
-            raise UsageError(f"RollingSummary(trigger=...) must be in (0, 1], got {trigger!r}")
-        if max_summary_tokens <= 0:
-            raise UsageError("max_summary_tokens must be positive")
+        _check.number_in_range("RollingSummary(trigger=...)", trigger, 0, 1, low_open=True)
+        _check.positive_int("RollingSummary(max_summary_tokens=...)", max_summary_tokens)
+        _check.optional(_check.positive_number, "RollingSummary(timeout=...)", timeout)
+        _check.optional(
+            _check.positive_int, "RollingSummary(summarizer_window=...)", summarizer_window
+        )
+        if model is not None:
+            _check.non_empty_str("RollingSummary(model=...)", model)
+        if not callable(should_summarize):
+            raise UsageError("RollingSummary(should_summarize=...) must be a callable")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UsageError("RollingSummary(prompt=...) must be a non-empty string")
         if summary_role not in ("system", "user"):
             raise UsageError("summary_role must be 'system' or 'user'")
         self.trigger = trigger
@@ -137,7 +146,9 @@ class RollingSummary:
         self.summary_role = summary_role
         self.timeout = timeout
         self.summarizer_window = summarizer_window
-        self._token_cache: dict[tuple[int, int, str], int] = {}
+        # (id(summary), id(counter), role) -> (summary, counter, tokens): the objects are kept
+        # and compared with `is`, so an id reused by a new object never hits a stale count.
+        self._token_cache: dict[tuple[int, int, str], tuple[Summary, Any, int]] = {}
 
     @property
     def name(self) -> str:
@@ -172,12 +183,13 @@ class RollingSummary:
         """Tokens of the summary message, counted once per summary and counter."""
         key = (id(summary), id(request.counter), self.summary_role)
         cached = self._token_cache.get(key)
-        if cached is None:
-            cached = request.counter.count_message(self.summary_message(summary))
-            if len(self._token_cache) > 256:
-                self._token_cache.clear()
-            self._token_cache[key] = cached
-        return cached
+        if cached is not None and cached[0] is summary and cached[1] is request.counter:
+            return cached[2]
+        tokens = request.counter.count_message(self.summary_message(summary))
+        if len(self._token_cache) > 256:
+            self._token_cache.clear()
+        self._token_cache[key] = (summary, request.counter, tokens)
+        return tokens
 
     def due(self, request: ContextRequest) -> bool:
         return len(self.unsummarised(request)) >= 2 and self.should_summarize(
