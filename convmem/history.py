@@ -532,7 +532,7 @@ class History:
 
 
 def parse_saved(text: Any) -> Any:
-    """Parses saved JSON text (str or UTF-8 bytes) strictly: no NaN/Infinity, clear errors.
+    """Parses saved JSON text (str or UTF-8 bytes), with clear errors.
 
     Data that is already parsed (a dict or list) is returned as it is.
 
@@ -547,9 +547,9 @@ def parse_saved(text: Any) -> Any:
     if not isinstance(text, str):
         return text
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
-    except InvalidHistoryError:
-        raise
+        # NaN/Infinity parse (Python's json accepts them) and are then refused by the field
+        # checks, so the error names where they were.
+        return json.loads(text)
     except RecursionError as exc:
         raise InvalidHistoryError("$", "JSON nested too deeply") from exc
     except ValueError as exc:  # json.JSONDecodeError
@@ -606,10 +606,6 @@ class _at:
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
         if isinstance(exc, InvalidMessageError):
             raise InvalidHistoryError(self.where, exc.reason) from exc
-
-
-def _refuse_constant(name: str) -> NoReturn:
-    raise InvalidHistoryError("$", f"{name} is not valid JSON (NaN and infinity are refused)")
 
 
 def _short(value: Any) -> str:
