@@ -2,10 +2,10 @@
 
 The set is generated, not downloaded, and is the same for the same arguments on every machine
 (it uses only :class:`random.Random` seeded with a string). Each conversation alternates user
-and assistant turns of varied, templated small talk (20-60 words each, so token counts and
-embeddings behave like real chat) and plants facts in user turns: a name, a number, a date, a
-preference, and a *correction* (a value stated early and changed later). Questions about them
-are asked after the last turn, phrased differently from the fact.
+and assistant turns of varied, templated small talk (:mod:`convmem.bench.synth`; 20-60 words
+each, so token counts and embeddings behave like real chat) and plants facts in user turns: a
+name, a number, a date, a preference, and a *correction* (a value stated early and changed
+later). Questions about them are asked after the last turn, phrased differently from the fact.
 
 Filler never contains digits, month names, person names, city names or the preference items,
 so an answer's keywords occur only in its evidence turn (and, for a correction, the stale turn):
@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from convmem.bench.data import BenchConversation, BenchQuestion, BenchTurn, Role, content_words
+from convmem.bench.synth import message_text, pick_topic
 from convmem.errors import UsageError
 
 PROBE_CATEGORIES: tuple[str, ...] = ("name", "number", "date", "preference", "correction")
@@ -26,7 +27,6 @@ PROBE_CATEGORIES: tuple[str, ...] = ("name", "number", "date", "preference", "co
 # Facts are planted before this share of the conversation, so every question is asked at least
 # a tenth of the conversation after its evidence.
 _PLANT_BEFORE = 0.9
-_MIN_WORDS, _MAX_TARGET, _MAX_WORDS = 20, 42, 60
 
 # --- values ---------------------------------------------------------------------------------
 
@@ -233,229 +233,6 @@ _ACKS = (
     "Okay, I'll remember that.",
 )
 
-# --- filler ---------------------------------------------------------------------------------
-
-_WORDS: dict[str, tuple[str, ...]] = {
-    "adj": (
-        "lovely", "exhausting", "relaxing", "chaotic", "surprising", "peaceful", "hectic",
-        "pleasant", "strange", "cosy", "busy", "quiet", "productive", "lazy", "memorable",
-    ),
-    "feeling": (
-        "tired", "cheerful", "restless", "content", "distracted", "hopeful", "calm", "grumpy",
-        "motivated", "nostalgic",
-    ),
-    "day": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
-    "time": (
-        "this morning", "last night", "yesterday afternoon", "earlier today",
-        "over the weekend", "on my lunch break", "after work",
-    ),
-    "weather": ("drizzly", "sunny", "windy", "foggy", "humid", "cold", "grey", "stormy"),
-    "dish": (
-        "lentil soup", "vegetable curry", "banana bread", "roast potatoes", "a tomato salad",
-        "pancakes", "fried rice", "stuffed peppers", "apple crumble", "garlic noodles",
-    ),
-    "show": (
-        "a documentary about deep sea creatures", "a detective series", "a cooking competition",
-        "an old sitcom", "a nature programme about owls", "a baking show",
-        "a thriller miniseries", "a history podcast",
-    ),
-    "book": (
-        "a novel about a lighthouse keeper", "a biography of an explorer",
-        "a short story collection", "a mystery set on a train", "a book about sleep",
-        "a travel memoir",
-    ),
-    "place": (
-        "the park", "the farmers market", "the riverside path", "the library",
-        "the hardware store", "the bakery down the road", "the community garden",
-        "the old bookshop", "the swimming pool",
-    ),
-    "activity": (
-        "a long walk", "some gardening", "a bit of painting", "a bike ride", "some yoga",
-        "a board game night", "a jigsaw puzzle", "a picnic", "some stretching",
-    ),
-    "plant": ("tomatoes", "sunflowers", "strawberries", "peas", "lettuces", "marigolds"),
-    "chore": (
-        "laundry", "the dishes", "vacuuming", "paying bills", "fixing a squeaky door",
-        "repotting plants", "cleaning the windows",
-    ),
-    "ride": ("the bus", "the train", "the tram", "the ferry"),
-}  # fmt: skip
-
-# Each topic: sentences a user says about it, then sentences an assistant replies with.
-_TOPICS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
-    (
-        (
-            "The weather here has been {weather} all week, so I've mostly stayed indoors.",
-            "It was {weather} {time}, which made the walk to {place} feel twice as long.",
-            "I keep checking the forecast, but it just says {weather} again and again.",
-            "On {weather} days like this I mostly want a blanket and a warm drink.",
-        ),
-        (
-            "A {weather} spell can really change the mood of a whole week.",
-            "Staying in sounds sensible when it's {weather} outside.",
-            "Hopefully the weather turns a bit kinder by {day}.",
-        ),
-    ),
-    (
-        (
-            "I tried making {dish} {time} and it turned out better than I expected.",
-            "I've been cooking a lot more lately, mostly simple things like {dish}.",
-            "My kitchen is a mess after attempting {dish} for the first time.",
-            "I found a recipe for {dish} that only needs a handful of ingredients.",
-        ),
-        (
-            "Homemade {dish} sounds like a great idea, especially on a {weather} day.",
-            "Cooking at home is such a nice way to unwind after a {adj} day.",
-            "Did you follow the recipe closely or improvise as you went?",
-        ),
-    ),
-    (
-        (
-            "I started watching {show} {time} and couldn't stop.",
-            "Have you ever noticed how {show} can be both {adj} and strangely calming?",
-            "Someone recommended {show} to me, and now I'm hooked.",
-        ),
-        (
-            "Shows like that are perfect for winding down in the evening.",
-            "It's always nice to find something new to watch that actually holds your attention.",
-            "Was it more {adj} or more relaxing than you expected?",
-        ),
-    ),
-    (
-        (
-            "I'm halfway through {book}, and it's more {adj} than I expected.",
-            "I picked up {book} at {place} and read the first chapters {time}.",
-            "Reading before bed has helped me feel a lot less {feeling} lately.",
-        ),
-        (
-            "That sounds like a good read, I'd be curious how it ends.",
-            "Reading a few pages before sleep is a lovely habit to keep.",
-            "Books you find by chance are often the most rewarding ones.",
-        ),
-    ),
-    (
-        (
-            "The {plant} in the garden are finally doing well after all that rain.",
-            "I spent {time} weeding around the {plant}, and my back is complaining.",
-            "I'm thinking of planting more {plant} along the fence next season.",
-        ),
-        (
-            "Gardening is such a rewarding way to spend a {adj} afternoon.",
-            "It must be satisfying to watch the {plant} grow week by week.",
-            "A bit of time outside with the plants does wonders for the mood.",
-        ),
-    ),
-    (
-        (
-            "I spent most of the day on {chore}, which was about as fun as it sounds.",
-            "I keep putting off {chore}, but I really should get it done by {day}.",
-            "After finishing {chore} I rewarded myself with a quiet hour on the sofa.",
-        ),
-        (
-            "Chores are never fun, but it feels good once they're out of the way.",
-            "Breaking the jobs into small pieces can make them feel less daunting.",
-            "A quiet hour afterwards sounds very well deserved.",
-        ),
-    ),
-    (
-        (
-            "The ride on {ride} was packed {time}, so I stood the whole way.",
-            "I've started taking {ride} instead of driving, and I quite like it.",
-            "Somebody on {ride} was playing music out loud, which was a bit much.",
-        ),
-        (
-            "Commuting can be so {adj}, especially when it's crowded.",
-            "Taking {ride} at least gives you a moment to read or think.",
-            "Hopefully the journey is calmer for you next time.",
-        ),
-    ),
-    (
-        (
-            "I'm thinking about {activity} at {place} on {day}.",
-            "I went for {activity} {time} and felt much better afterwards.",
-            "My plan for {day} is very simple, just {activity} and an early night.",
-        ),
-        (
-            "That sounds like a {adj} way to spend the day.",
-            "Getting out for {activity} is a great way to clear your head.",
-            "I hope the weather plays along on {day}.",
-        ),
-    ),
-    (
-        (
-            "Work has been {adj} lately, with meetings piling up on top of each other.",
-            "I finished a tricky task {time} and felt weirdly proud of myself.",
-            "Our team had a long discussion {time} about changing how we plan things.",
-        ),
-        (
-            "It sounds like you've had a lot on your plate at work.",
-            "Finishing something tricky is a great feeling, well done.",
-            "Hopefully things settle into a calmer rhythm soon.",
-        ),
-    ),
-    (
-        (
-            "I've been feeling a bit {feeling} today, not sure why.",
-            "Honestly, I woke up {feeling} and it stayed with me all day.",
-            "Some days just feel {adj} from start to finish.",
-        ),
-        (
-            "It's completely normal to have days like that.",
-            "Maybe a short walk or an early night would help you reset.",
-            "Thanks for sharing how you feel, that matters.",
-        ),
-    ),
-)
-
-_GENERIC_USER = (
-    "Anyway, that's pretty much what's been going on with me.",
-    "I don't know, it just felt worth mentioning.",
-    "What have you been thinking about today?",
-    "It's funny how small things can shape a whole day.",
-    "I'm trying to keep a better routine this month.",
-)
-_GENERIC_ASSISTANT = (
-    "That sounds {adj}!",
-    "I'd love to hear more about it.",
-    "How did that make you feel afterwards?",
-    "It's nice that you made time for yourself.",
-    "Small routines like that can make a real difference.",
-    "Let me know how it goes.",
-)
-
-
-def _fill(rng: random.Random, template: str) -> str:
-    slots = {k: rng.choice(v) for k, v in _WORDS.items() if "{" + k + "}" in template}
-    return template.format(**slots)
-
-
-def _turn_text(
-    rng: random.Random, fixed: str | None, pools: Sequence[Sequence[str]], *, first: bool
-) -> str:
-    """Filler drawn from ``pools`` (topic first) to 20-60 words, with ``fixed`` put in.
-
-    ``fixed`` opens the turn when ``first``, else it opens or follows the first sentence.
-    """
-    target = rng.randint(_MIN_WORDS, _MAX_TARGET)
-    sentences: list[str] = []
-    used: set[str] = set()  # templates, so a turn never says the same thing twice
-    words = len(fixed.split()) if fixed else 0
-    while words < target:
-        pool = pools[0] if not sentences or rng.random() < 0.7 else rng.choice(pools)
-        fresh = [t for t in pool if t not in used] or [t for p in pools for t in p if t not in used]
-        if not fresh:
-            break
-        template = rng.choice(fresh)
-        used.add(template)
-        sentence = _fill(rng, template)
-        if words + len(sentence.split()) > _MAX_WORDS:
-            continue
-        sentences.append(sentence)
-        words += len(sentence.split())
-    if fixed:
-        sentences.insert(0 if first else rng.randint(0, min(1, len(sentences))), fixed)
-    return " ".join(sentences)
-
 
 def _lead(rng: random.Random, sentence: str) -> str:
     lead = rng.choice(_LEAD_INS)
@@ -572,16 +349,16 @@ def _conversation(
         )
 
     bench_turns: list[BenchTurn] = []
-    topic = rng.choice(_TOPICS)
+    topic = pick_topic(rng)
     for tid in range(turns):
         role: Role = "user" if tid % 2 == 0 else "assistant"
         if role == "user":
-            topic = rng.choice(_TOPICS)
+            topic = pick_topic(rng)
             fact = statements.get(tid)
-            text = _turn_text(rng, fact, (topic[0], _GENERIC_USER), first=False)
+            text = message_text(rng, role, topic, insert=fact)
         else:
             ack = rng.choice(_ACKS) if tid - 1 in statements else None
-            text = _turn_text(rng, ack, (topic[1], _GENERIC_ASSISTANT), first=True)
+            text = message_text(rng, role, topic, insert=ack, first=True)
         bench_turns.append(BenchTurn(tid, role, text, 1, None, f"T{tid}"))
 
     order = {c: k for k, c in enumerate(PROBE_CATEGORIES)}
