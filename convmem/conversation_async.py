@@ -44,6 +44,8 @@ class AsyncConversation(_Core):
         **kwargs: The same as :class:`Conversation`.
     """
 
+    _load_on_init = False  # a stored conversation loads off the event loop, at first use
+
     def __init__(self, client: Any, *, background_summary: bool = False, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
         self.background_summary = background_summary
@@ -57,16 +59,46 @@ class AsyncConversation(_Core):
         return self._alock
 
     # -- history ------------------------------------------------------------------------------
+    async def load(self) -> AsyncConversation:
+        """Loads the stored conversation now (``store=``); otherwise its first call does.
+
+        Returns:
+            The conversation, so ``conv = await AsyncConversation(..., store=s).load()``.
+        """
+        async with self._lock:
+            await self._sync_store()
+        return self
+
+    async def _sync_store(self) -> None:
+        """Resumes from the store at first use, then loads what other processes committed."""
+        link = self._link
+        if link is None:
+            return
+        if not link.attached:
+            stored = await asyncio.to_thread(link.load)
+            await asyncio.to_thread(link.attach, self, stored)
+        else:
+            link.catch_up(self, await asyncio.to_thread(link.fetch))
+
     async def extend(self, messages: Sequence[Any]) -> list[Turn]:
         """Appends existing messages without a call (see :meth:`Conversation.extend`)."""
         async with self._lock:
-            turns = self.history.append(messages)
+            await self._sync_store()
+            if self._link is not None:
+                checked = self.history.validate_new(messages)
+                outcome, cancelled = await self._link.write_async(self, checked)
+                turns = self._link.apply(self, checked, outcome)
+                if cancelled is not None:
+                    raise cancelled
+            else:
+                turns = self.history.append(messages)
             self._spawn(self._run_jobs(None, self._observe_jobs(turns)))
             return turns
 
     async def clear(self) -> None:
         """Starts over: forgets every turn and summary; the system prompt stays."""
         async with self._lock:
+            self._refuse_clear()
             await self.drain()
             self.history.clear()
             self.last_plan = None
@@ -131,6 +163,7 @@ class AsyncConversation(_Core):
     async def _run(self, call: _Call, create: Callable[..., Any]) -> ChatCompletion:
         async with self._lock:
             await self.drain()
+            await self._sync_store()
             while True:
                 request = self._request(call)
                 await self._run_jobs(request, self._jobs(request))
@@ -141,10 +174,23 @@ class AsyncConversation(_Core):
                     break
                 assert call.registry is not None
                 call.pending.extend(await call.registry.run_all_async(tool_calls))
-            turns = self._commit(call, completion)
+            turns, cancelled = await self._commit_async(call, completion)
             self.last_ttft = None
             self._after_commit(turns)
+            if cancelled is not None:
+                raise cancelled
             return completion
+
+    async def _commit_async(
+        self, call: _Call, completion: ChatCompletion
+    ) -> tuple[list[Turn], BaseException | None]:
+        """Commits, writing to the store off the event loop. A cancellation during the write
+        is returned after the turn is in both the store and memory (never in one only)."""
+        if self._link is None:
+            return self._commit(call, completion), None
+        assert call.final is not None
+        outcome, cancelled = await self._link.write_async(self, [*call.pending, call.final])
+        return self._commit(call, completion, outcome), cancelled
 
     def _after_commit(self, turns: Sequence[Turn]) -> None:
         self._spawn(self._run_jobs(None, self._observe_jobs(turns)))
@@ -161,6 +207,7 @@ class AsyncConversation(_Core):
         """Makes now the summary the next call would need (see ``Conversation.prepare_next``)."""
         async with self._lock:
             await self.drain()
+            await self._sync_store()
             request, jobs = self._next_request()
             if not jobs:
                 return None
@@ -186,6 +233,7 @@ class AsyncConversation(_Core):
     async def _stream(self, call: _Call) -> AsyncIterator[StreamEvent]:
         async with self._lock:
             await self.drain()
+            await self._sync_store()
             while True:
                 request = self._request(call)
                 await self._run_jobs(request, self._jobs(request))
@@ -210,9 +258,11 @@ class AsyncConversation(_Core):
                     yield ToolResult(
                         tool_msg["tool_call_id"], _tool_name(tool_calls, tool_msg), tool_msg
                     )
-            turns = self._commit(call, completion)
+            turns, cancelled = await self._commit_async(call, completion)
             self.last_ttft = asm.ttft
             self._after_commit(turns)
+            if cancelled is not None:
+                raise cancelled
             assert call.final is not None
             yield StreamEnd(completion, call.final, plan, asm.ttft, self.last_latency or 0.0)
 

@@ -26,6 +26,7 @@ from .models import resolve_context_window
 from .plan import ContextPlan
 from .plot import CallRecord
 from .redact import describe_error, remember_client
+from .stores.link import Outcome, StoreLink
 from .strategy import (
     Budget,
     ContextRequest,
@@ -98,6 +99,9 @@ def default_reply_reserve(context_window: int) -> int:
 class _Core:
     """Everything both conversation classes share. No I/O happens here."""
 
+    #: Load a stored conversation in the constructor (the async class loads at its first call).
+    _load_on_init = True
+
     def __init__(
         self,
         client: Any,
@@ -112,6 +116,8 @@ class _Core:
         max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
         conversation_id: str | None = None,
         history: History | None = None,
+        store: Any = None,
+        on_conflict: str = "append",
     ) -> None:
         if not isinstance(model, str) or not model:
             raise UsageError("model must be a non-empty string")
@@ -121,6 +127,22 @@ class _Core:
             )
         self.client = client
         self.model = model
+        # A store resumes the conversation it has under this id (see convmem.stores.link).
+        self._link: StoreLink | None = None
+        stored = None
+        if store is not None:
+            if conversation_id is None:
+                conversation_id = uuid.uuid4().hex
+            self._link = StoreLink(
+                store,
+                _check.text_id("conversation_id", conversation_id),
+                on_conflict,
+                system_given=system is not None,
+            )
+            if self._load_on_init:
+                stored = self._link.load()
+                if context_window is None and stored is not None:
+                    context_window = stored.context_window
         self.context_window = resolve_context_window(model, context_window)
         if reply_reserve is not None and not (0 < reply_reserve < self.context_window):
             raise UsageError(
@@ -149,6 +171,8 @@ class _Core:
         self.last_latency: float | None = None
         #: One small record per API call (numbers only), what :meth:`plot` draws.
         self.call_log: list[CallRecord] = []
+        if self._link is not None and self._load_on_init:
+            self._link.attach(self, stored)
 
     # -- public, I/O-free -----------------------------------------------------------------------
     @property
@@ -351,12 +375,32 @@ class _Core:
         call.final = message
         return None
 
-    def _commit(self, call: _Call, completion: ChatCompletion) -> list[Turn]:
+    def _commit(
+        self, call: _Call, completion: ChatCompletion, stored: Outcome | None = None
+    ) -> list[Turn]:
         assert call.final is not None
-        turns = self.history.append([*call.pending, call.final])
+        messages = [*call.pending, call.final]
+        if stored is not None and self._link is not None:
+            turns = self._link.apply(self, messages, stored)  # the store has it: now memory
+        else:
+            turns = self.history.append(messages)
         self.last_completion = completion
         self.last_latency = time.perf_counter() - call.started
         return turns
+
+    def _store_write(self, call: _Call) -> Outcome | None:
+        """Writes the call's turn to the store, if any (blocking; async runs it in a thread)."""
+        if self._link is None:
+            return None
+        assert call.final is not None
+        return self._link.write(self, [*call.pending, call.final])
+
+    def _refuse_clear(self) -> None:
+        if self._link is not None:
+            raise UsageError(
+                "a stored conversation is append-only and cannot be cleared: start another "
+                "conversation_id, or store.fork(id, at_turn=-1) / store.delete(id)"
+            )
 
     def _next_request(self) -> tuple[ContextRequest, list[LLMJob]]:
         """A request for a next call with no message yet, and the LLM jobs it would need."""

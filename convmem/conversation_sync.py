@@ -93,13 +93,17 @@ class Conversation(_Core):
             InvalidMessageError: a message is invalid; nothing is appended.
         """
         with self._lock:
-            turns = self.history.append(messages)
+            if self._link is not None:
+                turns = self._link.write_messages(self, self.history.validate_new(messages))
+            else:
+                turns = self.history.append(messages)
             self._spawn_observe(turns)
             return turns
 
     def clear(self) -> None:
         """Starts over: forgets every turn and summary; the system prompt stays."""
         with self._lock:
+            self._refuse_clear()
             self.drain()
             self.history.clear()
             self.last_plan = None
@@ -200,6 +204,8 @@ class Conversation(_Core):
     def _run(self, call: _Call, create: Callable[..., Any]) -> ChatCompletion:
         with self._lock:
             self.drain()
+            if self._link is not None:  # turns other processes committed meanwhile
+                self._link.catch_up(self, self._link.fetch())
             while True:
                 request = self._request(call)
                 self._run_jobs(request, self._jobs(request))
@@ -210,7 +216,7 @@ class Conversation(_Core):
                     break
                 assert call.registry is not None
                 call.pending.extend(call.registry.run_all_sync(tool_calls))
-            turns = self._commit(call, completion)
+            turns = self._commit(call, completion, self._store_write(call))
             self.last_ttft = None
             self._spawn_observe(turns)
             return completion
@@ -239,6 +245,8 @@ class Conversation(_Core):
     def _stream(self, call: _Call) -> Iterator[StreamEvent]:
         with self._lock:
             self.drain()
+            if self._link is not None:  # turns other processes committed meanwhile
+                self._link.catch_up(self, self._link.fetch())
             while True:
                 request = self._request(call)
                 self._run_jobs(request, self._jobs(request))
@@ -262,7 +270,7 @@ class Conversation(_Core):
                     yield ToolResult(
                         tool_msg["tool_call_id"], _tool_name(tool_calls, tool_msg), tool_msg
                     )
-            turns = self._commit(call, completion)
+            turns = self._commit(call, completion, self._store_write(call))
             self.last_ttft = asm.ttft
             self._spawn_observe(turns)
             assert call.final is not None

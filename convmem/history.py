@@ -393,6 +393,25 @@ class History:
             raise UsageError(f"summary covers turn ids that do not exist: {unknown}")
         self._summaries.append(summary)
 
+    def restore_tail(
+        self,
+        turns: Sequence[Turn],
+        *,
+        after: int = -1,
+        summaries: Sequence[Summary] | None = None,
+    ) -> None:
+        """Replaces the turns with ids above ``after`` by ``turns``, and (when given) every summary.
+
+        For :mod:`convmem.stores`: the records come from a store that validated them when they
+        were written, so resuming a long conversation does not validate them again.
+        """
+        del self._turns[self.index_after(after) :]
+        self._turns.extend(turns)
+        if self._turns:
+            self._next_id = self._turns[-1].id + 1
+        if summaries is not None:
+            self._summaries = list(summaries)
+
     def clear(self) -> None:
         """Forgets every turn and summary; the system prompt stays. Turn ids keep increasing."""
         self._turns.clear()

@@ -186,6 +186,20 @@ class SQLStore:
 
         return self._transact(read, write=False)
 
+    def summaries(self, conversation_id: str) -> list[Summary]:
+        check_id(conversation_id)
+        rows = self._transact(
+            lambda tx: tx.rows(
+                "SELECT s.text, s.covers, s.created_at, s.model, s.prompt_tokens, "
+                "s.completion_tokens FROM convmem_summaries s JOIN convmem_conversations c "
+                "ON c.id = s.conversation_id WHERE s.conversation_id = ? AND s.seq < c.n_summaries "
+                "ORDER BY s.seq",
+                (conversation_id,),
+            ),
+            write=False,
+        )
+        return [summary_from_row(*r) for r in rows]
+
     def turn_ids(self, conversation_id: str) -> list[int]:
         check_id(conversation_id)
 

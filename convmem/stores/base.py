@@ -206,6 +206,10 @@ class Store(Protocol):
         """The turns with ids greater than ``after``, oldest first."""
         ...
 
+    def summaries(self, conversation_id: str) -> list[Summary]:
+        """The conversation's summaries, in the order they were written."""
+        ...
+
     def turn_ids(self, conversation_id: str) -> list[int]:
         """Every turn id of the conversation, oldest first (e.g. to find turns not embedded)."""
         ...
