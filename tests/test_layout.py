@@ -23,7 +23,6 @@ PACKAGE = Path(convmem.__file__).parent
 BENCH = PACKAGE / "bench"
 
 MAX_LINES = 600
-# Modules other work is splitting right now (issue 9.3); each entry goes when its split lands.
 # Over the limit when this test was written, with the work that owns them. The allowance is for
 # splits under way (issue 9.3), not a place to park big modules: drop an entry once it is split.
 BEING_SPLIT = {
