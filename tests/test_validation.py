@@ -652,14 +652,15 @@ def test_legacy_function_messages_are_converted_to_tool_calls() -> None:
 def test_send_arguments_are_checked_before_the_network() -> None:
     server = FakeChatServer().reply("never")
     conv = conv_with(server)
-    for kwargs, needle in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"max_tokens": True}, "max_tokens must be a positive int, got True"),
         ({"max_tokens": 0}, "max_tokens must be a positive int"),
         ({"max_completion_tokens": "100"}, "max_completion_tokens must be a positive int"),
         ({"n": True}, "n must be a positive int"),
         ({"max_tool_rounds": "8"}, "max_tool_rounds must be an int >= 0"),
         ({"max_tool_rounds": -1}, "max_tool_rounds must be an int >= 0"),
-    ]:
+    ]
+    for kwargs, needle in cases:
         with pytest.raises(UsageError, match=needle):
             conv.send("hi", **kwargs)
     assert server.requests == []
@@ -691,11 +692,11 @@ def test_conversation_arguments_are_checked_at_construction(
         (lambda: RollingSummary(timeout=-1), r"RollingSummary\(timeout=...\) must be"),
         (lambda: RollingSummary(timeout=math.nan), r"timeout=...\) must be"),
         (lambda: RollingSummary(trigger=math.nan), r"trigger=...\) must be"),
-        (lambda: RollingSummary(trigger="0.7"), r"trigger=...\) must be"),
+        (lambda: RollingSummary(trigger="0.7"), r"trigger=...\) must be"),  # type: ignore[arg-type]
         (lambda: RollingSummary(max_summary_tokens=True), "max_summary_tokens"),
         (lambda: RollingSummary(summarizer_window=0), "summarizer_window"),
         (lambda: RollingSummary(model=""), r"model=...\) must be"),
-        (lambda: RollingSummary(should_summarize="yes"), "callable"),
+        (lambda: RollingSummary(should_summarize="yes"), "callable"),  # type: ignore[arg-type]
         (lambda: RollingSummary(prompt=" "), "prompt"),
         (lambda: VectorRecall(min_score=math.nan), r"min_score=...\) must be"),
         (lambda: VectorRecall(min_score=2), r"min_score=...\) must be"),
