@@ -21,7 +21,7 @@ from openai.types.chat import ChatCompletion
 from . import _check
 from .errors import ToolRoundsExceededError, UsageError
 from .history import History, Summary, Turn, load_conversation
-from .messages import Message, open_tool_call_ids, user_message
+from .messages import Message, open_tool_call_ids, repair_value, user_message
 from .models import resolve_context_window
 from .plan import ContextPlan
 from .plot import CallRecord
@@ -470,7 +470,9 @@ def _assistant_message(msg: Any) -> Message:
         data.setdefault("content", None)
     elif "content" not in data:
         data["content"] = ""
-    return data
+    # A lone surrogate in a reply would poison the next tool round and the history: U+FFFD.
+    repaired: Message = repair_value(data)
+    return repaired
 
 
 def _run_local(job: LocalJob) -> JobResult:

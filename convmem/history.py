@@ -7,6 +7,7 @@ records kept beside the turns, each saying which turn ids it covers.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import math
 import time
@@ -391,6 +392,9 @@ class History:
         unknown = [i for i in summary.covers if i not in known]
         if unknown:
             raise UsageError(f"summary covers turn ids that do not exist: {unknown}")
+        repaired = repair_text(summary.text)
+        if repaired is not summary.text:  # a summariser reply with a lone surrogate
+            summary = dataclasses.replace(summary, text=repaired)
         self._summaries.append(summary)
 
     def restore_tail(

@@ -77,6 +77,24 @@ def repair_text(text: str) -> str:
     return text
 
 
+def repair_value(value: Any, _depth: int = 0) -> Any:
+    """``value`` with every string (keys included) passed through :func:`repair_text`.
+
+    For data that is not validated yet but is about to be sent or kept (a server reply used in
+    the next tool round). Containers deeper than :data:`MAX_DEPTH` are returned as they are
+    (validation refuses them later).
+    """
+    if isinstance(value, str):
+        return repair_text(value)
+    if _depth >= MAX_DEPTH:
+        return value
+    if isinstance(value, dict):
+        return {repair_value(k): repair_value(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [repair_value(v, _depth + 1) for v in value]
+    return value
+
+
 def _clean(value: Any, msg: Any, index: int | None, depth: int) -> Any:
     """A JSON-shaped deep copy of ``value``: strings repaired, no NaN, no foreign types.
 

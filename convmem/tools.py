@@ -31,6 +31,8 @@ import pydantic
 import pydantic_core
 
 from convmem.errors import UsageError
+from convmem.messages import repair_text
+from convmem.redact import describe_error, redact
 from convmem.toolschema import (
     ToolSchemaWarning,
     binder_for,
@@ -375,7 +377,7 @@ class ToolRegistry:
                 name,
                 call_id,
                 started,
-                error=_shorten(f"Error: invalid arguments for {name}: {type(exc).__name__}: {exc}"),
+                error=_shorten(f"Error: invalid arguments for {name}: {describe_error(exc)}"),
             )
         return _Prepared(name, call_id, started, tool=tool, args=tuple(args), kwargs=kwargs)
 
@@ -385,7 +387,7 @@ class ToolRegistry:
     ) -> ToolExecution:
         error = prep.error
         if error is None and exc is not None:
-            detail = str(exc).strip()
+            detail = redact(str(exc).strip())  # an API error in a tool can echo its key
             raised = f"{prep.name} raised {type(exc).__name__}"
             error = _shorten(f"Error: {raised}: {detail}" if detail else f"Error: {raised}")
         content = error
@@ -397,6 +399,9 @@ class ToolRegistry:
                     f"Error: could not turn the result of {prep.name} into text: "
                     f"{type(conv_exc).__name__}: {conv_exc}"
                 )
+        # A lone surrogate (e.g. from a "\\udc80" escape in the arguments) cannot be sent as
+        # UTF-8: repaired to U+FFFD here, as everything the history keeps is.
+        content = repair_text(content)
         message = {"role": "tool", "tool_call_id": prep.call_id, "content": content}
         return ToolExecution(
             name=prep.name,

@@ -822,3 +822,58 @@ def test_two_vector_recalls_in_one_pipeline_keep_their_own_results() -> None:
     assert keys == [a.job_key, b.job_key]
     stores = Pipeline(a, b).observe("c", h.turns)
     assert len({j.key for j in stores}) == 2
+
+
+def test_tool_error_echoing_a_key_is_redacted_before_the_model_sees_it() -> None:
+    key = "tool-backend-secret-5555"
+
+    def lookup(city: str) -> str:
+        """Looks a city up.
+
+        Args:
+            city: The city.
+        """
+        raise PermissionError(f"backend refused key {key} (Bearer {key})")
+
+    server = FakeChatServer().reply(
+        None, tool_calls=[{"name": "lookup", "arguments": '{"city": "Rome"}'}]
+    )
+    server.reply("sorry")
+    conv = Conversation(server.client(api_key=key), model="gpt-4o-mini")
+    conv.send("weather?", tools=[lookup])
+    tool_msg = conv.messages[2]
+    assert tool_msg["role"] == "tool"
+    assert "PermissionError" in tool_msg["content"] and REDACTED in tool_msg["content"]
+    assert key not in conv.to_json()
+    assert key not in json.dumps(server.requests)
+
+
+def test_reply_with_lone_surrogate_in_a_tool_round_is_repaired_before_the_next_request() -> None:
+    def f(x: str) -> str:
+        """Echo.
+
+        Args:
+            x: Anything.
+        """
+        return x
+
+    server = FakeChatServer().reply(
+        "thinking \udc80", tool_calls=[{"name": "f", "arguments": '{"x": "\\udc80"}'}]
+    )
+    server.reply("done")
+    conv = conv_with(server)
+    conv.send("go", tools=[f])
+    second = json.dumps(server.requests[1], ensure_ascii=False)
+    second.encode("utf-8")  # no lone surrogate reached the wire
+    assert "thinking \ufffd" in second
+    saved(conv)
+
+
+def test_summary_with_lone_surrogate_is_repaired() -> None:
+    from convmem import Summary
+
+    h = History()
+    h.append([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+    h.add_summary(Summary(text="facts \ud800", covers=(0,)))
+    assert h.summaries[0].text == "facts \ufffd"
+    h.to_json().encode("utf-8")
