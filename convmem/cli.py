@@ -6,6 +6,7 @@
     convmem bench probe --quick --no-summary
     convmem bench locomo --data locomo10.json [--conversations 2] [--budgets 2000,4000,8000]
     convmem bench speed [--quick]       # per-call cost of building the context (bench/speed.py)
+    convmem bench store                 # durable stores: commit latency, appends/s, resume
     convmem demo [--fake]               # a short conversation on the local model (or a fake)
 
 Summary rows call a summariser: ``--summarizer-base-url URL --summarizer-model NAME`` for any
@@ -207,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
 
+    kinds.add_parser(
+        "store",
+        help="durable stores: commit latency, appends/s with 1 and 8 processes, resume time",
+        description="See 'convmem bench store --help'.",
+        add_help=False,
+    )
+
     demo = commands.add_parser(
         "demo",
         help="a short conversation with a rolling summary, showing each ContextPlan",
@@ -382,6 +390,21 @@ def _speed(argv: Sequence[str]) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
 
 
+def _store_bench(argv: Sequence[str]) -> int:
+    from .bench import store
+
+    try:
+        return int(store.main(list(argv)) or 0)
+    except SystemExit as exc:  # its argparse exits on --help (0) and bad arguments (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except (ConvmemError, OSError, RuntimeError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+
+
 # --- demo ----------------------------------------------------------------------------------
 
 
@@ -407,6 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list[:2] == ["bench", "speed"]:
         # The speed benchmark owns its arguments (and its --help).
         return _speed(args_list[2:])
+    if args_list[:2] == ["bench", "store"]:
+        return _store_bench(args_list[2:])  # owns its arguments too (bench/store.py)
     parser = build_parser()
     try:
         args = parser.parse_args(args_list)

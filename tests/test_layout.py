@@ -29,7 +29,6 @@ BEING_SPLIT = {
     "bench/runner.py",  # replay runner (shared by recall and strategy work)
     "display.py",  # notebook views work
     "history.py",  # input validation work (issue 9.3 applies)
-    "stores/_sql.py",  # durable stores work
     "testing.py",  # may become a package (issue 9.3)
     "tokens.py",  # providers work splits it (issue 9.3)
 }

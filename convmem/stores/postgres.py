@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import MissingExtraError, UsageError
-from ._sql import Row, SQLStore, Tx
+from ._sql import Row, Tx
+from ._sqlwrites import SQLStore
 from .base import Commit
 
 NOTIFY_CHANNEL = "convmem"

@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 from ..errors import UsageError
-from ._sql import Row, SQLStore, Tx
+from ._sql import Row, Tx
+from ._sqlwrites import SQLStore
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
