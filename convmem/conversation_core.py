@@ -118,6 +118,7 @@ class _Core:
         history: History | None = None,
         store: Any = None,
         on_conflict: str = "append",
+        save_plan: bool = False,
     ) -> None:
         if not isinstance(model, str) or not model:
             raise UsageError("model must be a non-empty string")
@@ -138,6 +139,7 @@ class _Core:
                 _check.text_id("conversation_id", conversation_id),
                 on_conflict,
                 system_given=system is not None,
+                save_plan=save_plan,
             )
             if self._load_on_init:
                 stored = self._link.load()

@@ -52,6 +52,15 @@ class Conversation(_Core):
         max_tool_rounds: How many rounds of registered tool calls one send may run.
         conversation_id: Identifies this conversation in shared stores (random by default).
         history: Start from an existing :class:`~convmem.history.History`.
+        store: A :class:`~convmem.stores.Store` (e.g. ``SQLiteStore("chats.db")``): the
+            conversation ``conversation_id`` is resumed from it when it exists and created
+            otherwise, and every committed turn is written to it (see "Durable conversations"
+            in the README).
+        on_conflict: With a store, what a commit does when another process moved the
+            conversation on since: ``"append"`` (default), ``"raise"`` (``ConflictError``) or
+            ``"fork"``.
+        save_plan: With a store, also keep each call's :class:`~convmem.plan.ContextPlan`
+            (``StoredConversation.state["last_plan"]``); off by default, plans are large.
 
     Raises:
         UnknownModelError: the model's window is unknown and ``context_window`` is not given.

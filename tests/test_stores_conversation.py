@@ -7,6 +7,7 @@ The API is faked at the HTTP transport (convmem.testing.FakeChatServer); the sto
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import openai
@@ -232,6 +233,40 @@ def test_json_export_import_between_stores(tmp_path: Any, sqlite: Any) -> None:
         t.messages for t in sqlite.load("c").turns
     ]
     other.close()
+
+
+def test_last_plan_is_kept_only_when_asked(sqlite: Any) -> None:
+    server = FakeChatServer().reply("a").reply("b")
+    Conversation(server.client(), model="gpt-4o-mini", store=sqlite, conversation_id="p").send("x")
+    assert "last_plan" not in sqlite.load("p").state
+    conv = Conversation(
+        server.client(), model="gpt-4o-mini", store=sqlite, conversation_id="q", save_plan=True
+    )
+    conv.send("y")
+    assert sqlite.load("q").state["last_plan"] == json.loads(conv.last_plan.to_json())
+
+
+def test_postgres_notifies_other_processes(store_spec: Any) -> None:
+    if store_spec.kind != "postgres":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    import threading
+
+    store = store_spec.open(notify=True)
+    heard: list[str] = []
+    ready = threading.Event()
+
+    def listen() -> None:
+        for cid in store.listen(timeout=5, ready=ready):
+            heard.append(cid)
+            return
+
+    thread = threading.Thread(target=listen)
+    thread.start()
+    assert ready.wait(10)
+    store.append("n1", [{"role": "user", "content": "hello"}])
+    thread.join(10)
+    assert heard == ["n1"]
+    store.close()
 
 
 # -- async -------------------------------------------------------------------------------------

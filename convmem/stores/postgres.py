@@ -215,16 +215,19 @@ class PostgresStore(SQLStore):
         if self.notify:  # delivered when the transaction commits, never for a rolled-back one
             tx.rows("SELECT pg_notify(?, ?)", (NOTIFY_CHANNEL, commit.conversation_id))
 
-    def listen(self, *, timeout: float | None = None) -> Iterator[str]:
+    def listen(self, *, timeout: float | None = None, ready: Any = None) -> Iterator[str]:
         """Yields the ids of conversations that other writers committed to (``notify=True``).
 
         Uses a connection of its own, outside the pool (``LISTEN`` holds session state, so it
         must not go through PgBouncer in transaction mode). Stops after ``timeout`` seconds
-        without a notification, when given.
+        without a notification, when given. ``ready`` (a ``threading.Event``) is set once
+        listening has started.
         """
         conn = self._psycopg.connect(self.conninfo, autocommit=True)
         try:
             conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            if ready is not None:
+                ready.set()
             for note in conn.notifies(timeout=timeout):
                 yield str(note.payload)
         finally:
