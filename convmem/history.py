@@ -88,10 +88,13 @@ class FrozenList(list[Any]):
 
 def freeze(value: Any) -> Any:
     """A read-only deep copy of a JSON-shaped value (what the history stores)."""
+    kind = type(value)
+    if kind is str or kind is FrozenDict or kind is FrozenList:
+        return value
     if isinstance(value, Mapping):
         return FrozenDict({k: freeze(v) for k, v in value.items()})
     if isinstance(value, list):
-        return FrozenList(freeze(v) for v in value)
+        return FrozenList([freeze(v) for v in value])
     return value
 
 
@@ -154,8 +157,7 @@ class Turn:
     _total_cache: _CountCache = field(default_factory=_CountCache, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not all(isinstance(m, FrozenDict) for m in self.messages):
-            object.__setattr__(self, "messages", tuple(freeze(m) for m in self.messages))
+        object.__setattr__(self, "messages", tuple([freeze(m) for m in self.messages]))
 
     @property
     def user_message(self) -> Message | None:

@@ -101,6 +101,16 @@ def _clean(value: Any, msg: Any, index: int | None, depth: int) -> Any:
     The depth is bounded (not ``copy.deepcopy``), so a deeply nested or self-referencing
     structure is refused with a clear error instead of a ``RecursionError``.
     """
+    kind = type(value)
+    if kind is str:
+        return repair_text(value)
+    if kind is dict and depth < MAX_DEPTH:  # the common case first: a plain dict
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise InvalidMessageError(f"message keys must be strings, got {key!r}", msg, index)
+            out[repair_text(key)] = _clean(item, msg, index, depth + 1)
+        return out
     if isinstance(value, str):
         return repair_text(value)
     if value is None or isinstance(value, bool):
@@ -121,12 +131,7 @@ def _clean(value: Any, msg: Any, index: int | None, depth: int) -> Any:
         # An SDK object inside a dict, e.g. tool_calls=completion.choices[0].message.tool_calls.
         value = value.model_dump(exclude_none=True)
     if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidMessageError(f"message keys must be strings, got {key!r}", msg, index)
-            out[repair_text(key)] = _clean(item, msg, index, depth + 1)
-        return out
+        return _clean(dict(value), msg, index, depth)
     if isinstance(value, (list, tuple)):
         return [_clean(item, msg, index, depth + 1) for item in value]
     raise InvalidMessageError(
