@@ -8,6 +8,8 @@
     convmem bench speed [--quick]       # per-call cost of building the context (bench/speed.py)
     convmem bench store                 # durable stores: commit latency, appends/s, resume
     convmem demo [--fake]               # a short conversation on the local model (or a fake)
+    convmem chat [-m MODEL] [--base-url URL] [--strategy S] [-c | --cid ID]   # see convmem.chat
+    convmem conversations list|show ID|search WORDS|export ID|delete ID
 
 Summary rows call a summariser: ``--summarizer-base-url URL --summarizer-model NAME`` for any
 OpenAI-compatible endpoint, otherwise the local llama.cpp server (SmolLM2-135M, ``local``
@@ -27,6 +29,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 from .bench.options import parse_counts
@@ -225,6 +228,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--fake", action="store_true", help="scripted replies from convmem.testing (no model)"
     )
+
+    from .chat import add_arguments
+
+    chat = commands.add_parser(
+        "chat",
+        help="chat in the terminal; every turn is saved (Ctrl-C stops a reply, Ctrl-D leaves)",
+        description="Chat with a model through convmem: replies stream, the context is built "
+        "by the chosen strategy, every committed turn is saved in a SQLite store. With no API "
+        "key and no --base-url the local llama.cpp model is started. /help lists the commands.",
+    )
+    add_arguments(chat)
+
+    convs = commands.add_parser(
+        "conversations",
+        help="list, show, search, export or delete saved conversations",
+        description="The conversations saved by convmem chat.",
+    )
+    convs.add_argument("action", choices=("list", "show", "search", "export", "delete"))
+    convs.add_argument("args", nargs="*", metavar="ID|WORDS")
+    convs.add_argument("--db", type=Path, help="the SQLite store (default: the chat's)")
     return parser
 
 
@@ -445,6 +468,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bench(args, command)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "chat":
+            from .chat import run_chat, settings_from
+
+            return run_chat(settings_from(args))
+        if args.command == "conversations":
+            from .chat import default_db, run_conversations
+
+            return run_conversations(args.action, args.args, args.db or default_db())
         parser.print_help()
         return 2
     except UsageError as exc:
