@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,6 +18,77 @@ from .redact import redact
 
 SectionName = Literal["system", "summary", "recalled", "recent", "tools"]
 Action = Literal["kept", "dropped", "summarised", "recalled"]
+
+#: The reason of a turn dropped while a summary strategy was in use but could not cover it (the
+#: summariser failed, timed out, was not called, or its input could not fit). A note of kind
+#: ``not_summarised`` in the same plan gives the reason.
+NOT_SUMMARISED = "dropped, not summarised"
+
+#: The readable text of each note kind, formatted with the note's data.
+NOTE_TEXTS: dict[str, str] = {
+    "summarised": "{why}: summarised {span}",
+    "summary_failed": "summariser failed ({error}); this call falls back to truncation, the "
+    "summary is retried at the next call",
+    "summary_rejected": "summary rejected: {tokens} tokens, over max_summary_tokens "
+    "({max_tokens}); this call falls back to truncation",
+    "summary_cut": "summary cut from {tokens} to {max_tokens} tokens (max_summary_tokens)",
+    "summary_not_called": "a summary is due: the summariser was not called (preview)",
+    "summary_does_not_fit": "the summary ({tokens} tokens) does not fit; sent without it",
+    "not_summarised": "{count} turn(s) dropped, not summarised: {reason}",
+    "tool_output_cut": "tool output {tool_call_id} cut from {before} to {after} characters to "
+    "fit the window",
+    "recall_failed": "recall failed ({error}); sent without it",
+    "recall_nothing_fits": "no recalled turn fits the recall budget or all are recent",
+}
+
+
+@dataclass(frozen=True)
+class Note:
+    """An event worth knowing about one call: a kind, its numbers, and readable text.
+
+    Programs test :attr:`kind` and read :attr:`data`; people read ``str(note)``, derived from
+    both (:data:`NOTE_TEXTS`). For one release a note also answers the ``str`` methods earlier
+    code used on plain-text notes (``"cut" in note``, ``note.startswith(...)``).
+
+    Attributes:
+        kind: What happened, e.g. ``"recall_failed"``, ``"summary_failed"``, ``"summarised"``.
+        data: The numbers and names behind it (JSON-serialisable).
+    """
+
+    kind: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        template = NOTE_TEXTS.get(self.kind)
+        if template is not None:
+            try:
+                return template.format(**self.data)
+            except (KeyError, IndexError, ValueError):
+                pass
+        if "text" in self.data:
+            return str(self.data["text"])
+        details = ", ".join(f"{k}={v}" for k, v in self.data.items())
+        return f"{self.kind}: {details}" if details else self.kind
+
+    def __str__(self) -> str:
+        return self.text
+
+    # Plain-text compatibility (notes were strings before 0.2).
+    def __contains__(self, part: str) -> bool:
+        return part in self.text
+
+    def startswith(self, prefix: str | tuple[str, ...]) -> bool:
+        return self.text.startswith(prefix)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dict(self.data), "text": self.text}
+
+
+def as_note(note: Note | str) -> Note:
+    """A note; plain text becomes a note of kind ``"text"``."""
+    return note if isinstance(note, Note) else Note("text", {"text": str(note)})
+
 
 #: Order in which sections are sent.
 SECTION_ORDER: tuple[str, ...] = ("system", "summary", "recalled", "recent")
@@ -140,7 +211,7 @@ class ContextPlan:
         estimated_tokens: convmem's own count of the prompt (messages, tools, priming).
         corrected_tokens: That estimate after the per-model correction learnt from usage.
         reported_prompt_tokens: ``usage.prompt_tokens`` the server reported (after the call).
-        notes: Events worth knowing (thresholds hit, fallbacks taken).
+        notes: Events worth knowing (thresholds hit, fallbacks taken), as :class:`Note`.
         summary_calls: Summariser calls made for this context.
         new_summary: A summary made for this call; committed with the turn.
         created_at: Unix time.
@@ -155,7 +226,7 @@ class ContextPlan:
     estimated_tokens: int
     corrected_tokens: int
     reported_prompt_tokens: int | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
     summary_calls: list[SummaryCall] = field(default_factory=list)
     new_summary: Summary | None = None
     spans: list[DecisionSpan] = field(default_factory=list)
@@ -222,6 +293,24 @@ class ContextPlan:
     def recalled(self) -> list[int]:
         return self.turn_ids("recalled")
 
+    @property
+    def not_summarised(self) -> list[int]:
+        """Dropped turns a summary strategy should have covered but could not (see the notes)."""
+        singles = {d.turn_id for d in self.turn_decisions}
+        ids = {
+            d.turn_id
+            for d in self.turn_decisions
+            if d.action == "dropped" and d.reason == NOT_SUMMARISED
+        }
+        for span in self.spans:
+            if span.action == "dropped" and span.reason == NOT_SUMMARISED:
+                ids.update(i for i in span.turn_ids if i not in singles)
+        return sorted(ids)
+
+    def notes_of(self, kind: str) -> list[Note]:
+        """The notes of one kind."""
+        return [n for n in self.notes if n.kind == kind]
+
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -236,7 +325,7 @@ class ContextPlan:
             "sections": [s.to_dict() for s in self.sections],
             "decisions": [d.to_dict() for d in self.turn_decisions],
             "decision_spans": [s.to_dict() for s in self.spans],
-            "notes": list(self.notes),
+            "notes": [n.to_dict() for n in self.notes],
             "summary_calls": [c.to_dict() for c in self.summary_calls],
             "new_summary": self.new_summary.to_dict() if self.new_summary else None,
             "created_at": self.created_at,
@@ -267,6 +356,9 @@ class ContextPlan:
             ids = self.turn_ids(action)
             if ids:
                 lines.append(f"  {action:<10} turns {_ranges(ids)}")
+        lost = self.not_summarised
+        if lost:
+            lines.append(f"  {NOT_SUMMARISED} turns {_ranges(lost)}")
         for call in self.summary_calls:
             status = "ok" if call.ok else f"FAILED ({call.error})"
             lines.append(

@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 from .errors import BudgetError, ContextOverflowError
 from .history import History, Summary, Turn
 from .messages import Message, to_wire
-from .plan import ContextPlan, DecisionSpan, Section, SummaryCall, TurnDecision
+from .plan import ContextPlan, DecisionSpan, Note, Section, SummaryCall, TurnDecision, as_note
 from .tokens import TokenCounter
 
 
@@ -198,7 +198,7 @@ def assemble_plan(
     summary_message: Message | None = None,
     recalled_messages: Sequence[Message] = (),
     recalled_ids: Sequence[int] = (),
-    notes: Sequence[str] = (),
+    notes: Sequence[Note | str] = (),
     summary_calls: Sequence[SummaryCall] = (),
     new_summary: Summary | None = None,
     pending: Sequence[Message] | None = None,
@@ -264,7 +264,7 @@ def assemble_plan(
         budget=budget.prompt_tokens,
         estimated_tokens=estimated,
         corrected_tokens=budget.corrected(estimated),
-        notes=list(notes),
+        notes=[as_note(n) for n in notes],
         summary_calls=list(summary_calls),
         new_summary=new_summary,
     )

@@ -119,7 +119,7 @@ def test_conversations_sharing_a_collection_only_recall_their_own_turns() -> Non
 
 def test_recall_section_is_chronological_and_within_its_budget() -> None:
     recall = VectorRecall(
-        client=chromadb.EphemeralClient(), collection="test_chrono", k=5, max_tokens=300
+        client=chromadb.EphemeralClient(), collection="test_chrono", k=5, max_recall_tokens=300
     )
     conv = Conversation(
         echo_server(1).client(),

@@ -892,7 +892,7 @@ class ReplayRunner:
                 self._check_stored(chat.conversation_id, len(chat.turns))
             for index, question in enumerate(conv.questions):
                 plan = chat.preview(question.question)
-                failed = [n for n in plan.notes if n.startswith("recall failed")]
+                failed = plan.notes_of("recall_failed")
                 if failed:  # a row that silently recalls nothing would report nonsense
                     raise RunError(f"{spec.key}/{conv.conversation_id}: {failed[0]}")
                 result.questions.append(

@@ -1,17 +1,21 @@
-"""One budget, several strategies: the machinery behind :class:`Pipeline`.
+"""One budget, several strategies: the composer behind :class:`Pipeline`.
 
-Every built-in strategy is a *component* that contributes to a shared :class:`Composition`:
+Every built-in strategy is a *component* with one of three roles, and contributes to a shared
+:class:`Composition`:
 
-1. summary components (``RollingSummary``) set the summary section and mark the turns it
+1. a summary component (``RollingSummary``) sets the summary section and marks the turns it
    covers as ``summarised``;
 2. recall components (``VectorRecall``) reserve their share of what is left;
-3. the recent-turns filler (``Truncate``) keeps the newest whole turns that fit, newest first,
-   as one contiguous run;
+3. the recent-turn filler keeps recent turns verbatim (the default policy,
+   :class:`RecentTurns`: the newest whole turns that fit, newest first, one contiguous run;
+   ``Truncate`` is that policy with limits; any object with ``role = "recent"`` and
+   ``contribute`` replaces it);
 4. recall components fill their reserve with the best matching turns that are not already sent;
 5. the filler tops up with older turns if the recall left room.
 
-Whatever is left undecided is ``dropped``. Each strategy's own ``build`` is a pipeline of itself
-and a default ``Truncate()``, so a strategy alone and in a pipeline behave the same.
+Whatever is left undecided is ``dropped`` (``dropped, not summarised`` when a summary component
+was there to cover it). Each strategy's own ``build`` is a composition of itself and the default
+filler, so a strategy alone and in a pipeline behave the same.
 """
 
 from __future__ import annotations
@@ -19,13 +23,24 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from ..errors import ContextOverflowError
+from ..errors import BudgetError, ContextOverflowError, UsageError
 from ..history import Summary, Turn
 from ..messages import Message
-from ..plan import ContextPlan, DecisionSpan, SummaryCall, TurnDecision
+from ..plan import (
+    NOT_SUMMARISED,
+    Action,
+    ContextPlan,
+    DecisionSpan,
+    Note,
+    SummaryCall,
+    TurnDecision,
+)
 from ..strategy import ContextRequest, Job, assemble_plan
+
+#: The three places a component can take in a composition.
+ComponentRole = Literal["summary", "recall", "recent"]
 
 #: Marker put in place of the middle of a tool output that had to be cut to fit.
 CUT_MARKER = "\n[... {n} characters cut by convmem to fit the context window ...]\n"
@@ -46,12 +61,21 @@ class Composition:
         recent: Turns sent verbatim, chronological.
         decisions: Per turn id.
         reserved: Tokens set aside for later components, by name.
+        notes: Structured notes (:class:`~convmem.plan.Note`) for the plan.
+        components: The components taking part (read by components that plan ahead).
+        summary_component: True when a summary component takes part: a turn it does not cover
+            and nobody sends is then ``dropped, not summarised``.
+        not_summarised_reason: Why the summary could not cover every dropped turn (set by the
+            summary component when its summariser failed, was not called, or could not fit).
     """
 
     request: ContextRequest
     limit: int
     pending: list[Message]
     pending_tokens: int
+    components: Sequence[Component] = ()
+    summary_component: bool = False
+    not_summarised_reason: str | None = None
     summary: Summary | None = None
     summary_message: Message | None = None
     summary_tokens: int = 0
@@ -62,7 +86,7 @@ class Composition:
     recent_tokens: int = 0
     decisions: dict[int, TurnDecision] = field(default_factory=dict)
     reserved: dict[str, int] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
     summary_calls: list[SummaryCall] = field(default_factory=list)
     new_summary: Summary | None = None
 
@@ -88,8 +112,18 @@ class Composition:
             self.summary is not None and turn_id in self.summary.covered
         )
 
-    def decide(self, turn: Turn, action: Any, reason: str, score: float | None = None) -> None:
+    def decide(self, turn: Turn, action: Action, reason: str, score: float | None = None) -> None:
         self.decisions[turn.id] = TurnDecision(turn.id, action, reason, score)
+
+    def note(self, kind: str, **data: Any) -> None:
+        """Adds a structured note (its readable text is derived from the kind and data)."""
+        self.notes.append(Note(kind, data))
+
+    def add_recent(self, turn: Turn, reason: str = "recent") -> None:
+        """Sends ``turn`` verbatim among the recent turns (the caller checked it fits)."""
+        self.recent.append(turn)
+        self.recent_tokens += self.request.turn_tokens(turn)
+        self.decide(turn, "kept", reason)
 
     def spans(self) -> list[DecisionSpan]:
         """Compact decisions for the summarised and dropped turns (cheap on long histories)."""
@@ -111,11 +145,16 @@ class Composition:
                 start = min(history.index_after(self.summary.through), end)
             dropped = _ids(turns, start, end)
         if len(dropped):
-            spans.append(
-                DecisionSpan(
-                    "dropped", f"over budget ({self.limit} estimated prompt tokens)", dropped
+            if self.summary_component:
+                reason = self.not_summarised_reason or "not covered by the summary"
+                self.note("not_summarised", count=len(dropped), reason=reason)
+                spans.append(DecisionSpan("dropped", NOT_SUMMARISED, dropped))
+            else:
+                spans.append(
+                    DecisionSpan(
+                        "dropped", f"over budget ({self.limit} estimated prompt tokens)", dropped
+                    )
                 )
-            )
         return spans
 
 
@@ -130,12 +169,94 @@ def _ids(turns: Sequence[Turn], start: int, end: int) -> Sequence[int]:
 
 
 @runtime_checkable
-class Component(Protocol):
-    """A strategy that can take part in a :class:`Pipeline`."""
+class SummaryComponent(Protocol):
+    """Sets the summary section (``RollingSummary``). At most one per composition."""
 
-    role: str  # "summary", "recall" or "recent"
+    @property
+    def role(self) -> Literal["summary"]: ...
 
     def contribute(self, comp: Composition) -> None: ...
+
+
+@runtime_checkable
+class RecallComponent(Protocol):
+    """Reserves tokens before the recent turns are chosen, then fills them (``VectorRecall``)."""
+
+    @property
+    def role(self) -> Literal["recall"]: ...
+
+    def reserve(self, comp: Composition) -> int: ...
+
+    def contribute(self, comp: Composition) -> None: ...
+
+
+@runtime_checkable
+class RecentComponent(Protocol):
+    """Chooses the turns sent verbatim. Called twice: before recall (with the recall reserve
+    held back) and after it (to top up); the second call must only add turns.
+
+    ``max_tokens`` caps the whole prompt (None: the window's budget).
+    """
+
+    @property
+    def role(self) -> Literal["recent"]: ...
+
+    @property
+    def max_tokens(self) -> int | None: ...
+
+    def contribute(self, comp: Composition) -> None: ...
+
+
+Component = SummaryComponent | RecallComponent | RecentComponent
+
+
+def fill_recent(comp: Composition, *, max_turns: int | None = None) -> None:
+    """The default recent-turn policy: adds the newest whole turns that fit, one contiguous run.
+
+    Continues below the turns already kept, and stops at the first turn that is summarised or
+    recalled, over ``max_turns``, or over the room left.
+    """
+    history = comp.request.history
+    turns = history.turn_list()
+    start = len(turns) - 1
+    if comp.recent:
+        # Continue below the oldest turn already kept (turns are sorted by id).
+        start = history.index_after(comp.recent[-1].id) - 2
+    for i in range(start, -1, -1):
+        turn = turns[i]
+        if comp.is_decided(turn.id):
+            break  # summarised or recalled: the run of recent turns ends here
+        if max_turns is not None and len(comp.recent) >= max_turns:
+            break
+        if comp.request.turn_tokens(turn) > comp.remaining:
+            break
+        comp.add_recent(turn)
+
+
+class RecentTurns:
+    """The default recent-turn filler: the newest whole turns that fit (see :func:`fill_recent`).
+
+    Args:
+        max_turns: Keep at most this many past turns.
+        max_tokens: Cap on the whole prompt, in tokens.
+    """
+
+    role: Literal["recent"] = "recent"
+
+    def __init__(self, max_turns: int | None = None, max_tokens: int | None = None) -> None:
+        self.max_turns = max_turns
+        self.max_tokens = max_tokens
+
+    def contribute(self, comp: Composition) -> None:
+        fill_recent(comp, max_turns=self.max_turns)
+
+
+def role_of(component: object) -> ComponentRole | None:
+    """The component role of ``component``, or None when it is not a component."""
+    role = getattr(component, "role", None)
+    if role in ("summary", "recall", "recent") and callable(getattr(component, "contribute", None)):
+        return role  # type: ignore[no-any-return]
+    return None
 
 
 def _cut_text(text: str, keep_chars: int) -> str:
@@ -147,7 +268,7 @@ def _cut_text(text: str, keep_chars: int) -> str:
     return text[:head] + CUT_MARKER.format(n=cut) + (text[-tail:] if tail else "")
 
 
-def fit_pending(request: ContextRequest, limit: int) -> tuple[list[Message], int, list[str]]:
+def fit_pending(request: ContextRequest, limit: int) -> tuple[list[Message], int, list[Note]]:
     """The pending turn's wire messages, with long tool outputs cut (visibly) if they must be.
 
     Only ``tool`` message contents are ever cut, middle first, keeping head and tail; the user
@@ -158,7 +279,7 @@ def fit_pending(request: ContextRequest, limit: int) -> tuple[list[Message], int
     """
     counter = request.counter
     room = limit - request.fixed_tokens
-    notes: list[str] = []
+    notes: list[Note] = []
     if request.pending_tokens <= room:
         return request.pending_wire, request.pending_tokens, notes
     msgs = list(request.pending_wire)
@@ -185,8 +306,14 @@ def fit_pending(request: ContextRequest, limit: int) -> tuple[list[Message], int
                 hi = mid - 1
         if best["content"] != original:
             notes.append(
-                f"tool output {msgs[i].get('tool_call_id')} cut from {len(original)} to "
-                f"{len(best['content'])} characters to fit the window"
+                Note(
+                    "tool_output_cut",
+                    {
+                        "tool_call_id": msgs[i].get("tool_call_id"),
+                        "before": len(original),
+                        "after": len(best["content"]),
+                    },
+                )
             )
         msgs[i] = best
         tokens[i] = counter.count_message(best)
@@ -200,54 +327,119 @@ def fit_pending(request: ContextRequest, limit: int) -> tuple[list[Message], int
     return msgs, sum(tokens), notes
 
 
-def compose(
-    request: ContextRequest, components: Sequence[Any], *, name: str, cap_tokens: int | None = None
-) -> ContextPlan:
-    """Builds one plan from components sharing one budget (see the module docstring).
+@dataclass
+class _Parts:
+    summaries: list[SummaryComponent]
+    recalls: list[RecallComponent]
+    filler: RecentComponent
 
-    Args:
-        request: The request.
-        components: Strategy components, in any order; a default ``Truncate()`` is added when
-            none fills recent turns.
-        name: The strategy name for the plan.
-        cap_tokens: An overall cap on prompt tokens (real tokens), below the window's budget.
+
+def _parts(components: Sequence[Component]) -> _Parts:
+    summaries: list[SummaryComponent] = []
+    recalls: list[RecallComponent] = []
+    fillers: list[RecentComponent] = []
+    for c in components:
+        role = role_of(c)
+        if role == "summary":
+            summaries.append(c)  # type: ignore[arg-type]
+        elif role == "recall":
+            recalls.append(c)  # type: ignore[arg-type]
+        elif role == "recent":
+            fillers.append(c)  # type: ignore[arg-type]
+        else:
+            raise UsageError(f"{type(c).__name__} is not a pipeline component")
+    return _Parts(summaries, recalls, merge_fillers(fillers))
+
+
+def merge_fillers(fillers: Sequence[RecentComponent]) -> RecentComponent:
+    """One recent-turn filler: the default, the one given, or the tightest of several
+    :class:`RecentTurns` (e.g. two ``Truncate``).
+
+    Raises:
+        UsageError: several fillers of which one is not a :class:`RecentTurns`.
     """
-    from .truncate import Truncate
+    if not fillers:
+        return RecentTurns()
+    if len(fillers) == 1:
+        return fillers[0]
+    if not all(isinstance(f, RecentTurns) for f in fillers):
+        names = ", ".join(type(f).__name__ for f in fillers)
+        raise UsageError(f"a Pipeline takes one recent-turn strategy, got {names}")
+    turns = [f.max_turns for f in fillers if isinstance(f, RecentTurns) and f.max_turns is not None]
+    tokens = [f.max_tokens for f in fillers if f.max_tokens is not None]
+    return RecentTurns(
+        max_turns=min(turns) if turns else None, max_tokens=min(tokens) if tokens else None
+    )
 
+
+def _start(
+    request: ContextRequest,
+    components: Sequence[Component],
+    parts: _Parts,
+    *,
+    name: str,
+    cap_tokens: int | None,
+) -> Composition:
     limit = request.budget.limit
-    fillers = [c for c in components if getattr(c, "role", None) == "recent"]
     if cap_tokens is None:
-        caps = [c.max_tokens for c in fillers if getattr(c, "max_tokens", None)]
-        cap_tokens = min(caps) if caps else None
+        cap_tokens = parts.filler.max_tokens
     if cap_tokens is not None:
         limit = min(limit, request.budget.to_estimate(cap_tokens))
     if request.fixed_tokens > limit:
-        from ..errors import BudgetError
-
         raise BudgetError(
             f"{name}: the system prompt and tool schemas alone do not fit the prompt budget",
             budget=cap_tokens or request.budget.prompt_tokens,
             required=request.budget.corrected(request.fixed_tokens),
         )
     pending, pending_tokens, notes = fit_pending(request, limit)
-    comp = Composition(request=request, limit=limit, pending=pending, pending_tokens=pending_tokens)
+    comp = Composition(
+        request=request,
+        limit=limit,
+        pending=pending,
+        pending_tokens=pending_tokens,
+        components=components,
+        summary_component=bool(parts.summaries),
+    )
     comp.notes.extend(notes)
+    return comp
 
-    summaries = [c for c in components if getattr(c, "role", None) == "summary"]
-    recalls = [c for c in components if getattr(c, "role", None) == "recall"]
-    filler = _merge_fillers(fillers) if fillers else Truncate()
 
-    for comp_ in summaries:
-        comp_.contribute(comp)
-    for rec in recalls:
+def compose(
+    request: ContextRequest,
+    components: Sequence[Component],
+    *,
+    name: str,
+    cap_tokens: int | None = None,
+) -> ContextPlan:
+    """Builds one plan from components sharing one budget (see the module docstring).
+
+    Args:
+        request: The request.
+        components: Components, in any order; the default :class:`RecentTurns` fills recent
+            turns when none does.
+        name: The strategy name for the plan.
+        cap_tokens: An overall cap on prompt tokens (real tokens), below the window's budget;
+            default the recent-turn filler's ``max_tokens``.
+
+    Raises:
+        BudgetError: the system prompt and tools alone exceed the budget.
+        ContextOverflowError: the new turn cannot fit, or a component overshot the budget.
+        UsageError: a component is not one, or several recent-turn fillers clash.
+    """
+    parts = _parts(components)
+    comp = _start(request, components, parts, name=name, cap_tokens=cap_tokens)
+    for summary in parts.summaries:
+        summary.contribute(comp)
+    for rec in parts.recalls:
         comp.reserved[_key(rec)] = rec.reserve(comp)
-    filler.contribute(comp)
-    for rec in recalls:
+    parts.filler.contribute(comp)
+    for rec in parts.recalls:
         comp.reserved.pop(_key(rec), None)
         rec.contribute(comp)
-    filler.contribute(comp)  # top up with what recall left free
+    parts.filler.contribute(comp)  # top up with what recall left free
 
     recent_sorted = sorted(comp.recent, key=lambda t: t.id)
+    spans = comp.spans()
     plan = assemble_plan(
         request,
         strategy=name,
@@ -262,9 +454,9 @@ def compose(
         new_summary=comp.new_summary,
         pending=comp.pending,
         pending_tokens=comp.pending_tokens,
-        spans=comp.spans(),
+        spans=spans,
     )
-    if plan.estimated_tokens > limit:  # a component overshot: a bug, but never send it
+    if plan.estimated_tokens > comp.limit:  # a component overshot: a bug, but never send it
         raise ContextOverflowError(
             f"{name}: built context is over budget",
             needed=plan.corrected_tokens,
@@ -275,23 +467,40 @@ def compose(
     return plan
 
 
-def _key(component: Any) -> str:
+def recent_horizon(
+    request: ContextRequest,
+    components: Sequence[Component],
+    *,
+    summary: Summary | None,
+    summary_tokens: int,
+) -> int:
+    """The id of the oldest turn the recent filler is sure to keep, given a summary section.
+
+    Runs the filler's first pass (recall reserves held back, no recall results read) with a
+    summary section of ``summary_tokens`` covering ``summary``'s turns. Unsummarised turns older
+    than the answer would be dropped: a summary component covers them first. Pure and
+    deterministic, so ``prepare`` and ``build`` agree.
+
+    Raises:
+        BudgetError, ContextOverflowError: as :func:`compose` (the new turn cannot fit).
+    """
+    parts = _parts(components)
+    comp = _start(request, components, parts, name="horizon", cap_tokens=None)
+    comp.summary = summary
+    comp.summary_tokens = summary_tokens
+    for rec in parts.recalls:
+        comp.reserved[_key(rec)] = rec.reserve(comp)
+    parts.filler.contribute(comp)
+    if not comp.recent:
+        return request.pending_id
+    return min(t.id for t in comp.recent)
+
+
+def _key(component: object) -> str:
     return f"{type(component).__name__}@{id(component)}"
 
 
-def _merge_fillers(fillers: Sequence[Any]) -> Any:
-    from .truncate import Truncate
-
-    if len(fillers) == 1:
-        return fillers[0]
-    turns = [f.max_turns for f in fillers if f.max_turns is not None]
-    tokens = [f.max_tokens for f in fillers if f.max_tokens is not None]
-    return Truncate(
-        max_turns=min(turns) if turns else None, max_tokens=min(tokens) if tokens else None
-    )
-
-
-def prepare_all(components: Sequence[Any], request: ContextRequest) -> list[Job]:
+def prepare_all(components: Sequence[object], request: ContextRequest) -> list[Job]:
     """The jobs of every component that has a ``prepare``."""
     jobs: list[Job] = []
     for c in components:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from .. import _check
 from ..errors import UsageError
@@ -81,12 +82,16 @@ class VectorRecall:
             texts to vectors. None: the packaged all-MiniLM-L6-v2 (offline), loaded once per
             process and shared.
         k: At most this many turns recalled per call.
-        max_tokens: Token budget of the recalled section; default a quarter of what is left
-            after the system prompt, summary and new message.
+        max_recall_tokens: Token budget of the recalled section; default a quarter of what is
+            left after the system prompt, summary and new message. (Was ``max_tokens``, which
+            on ``Truncate`` caps the whole prompt; the old name works, with a warning, for one
+            release.)
         min_score: Minimum cosine similarity for a turn to be recalled (default
             :data:`DEFAULT_MIN_SCORE`; None recalls the ``k`` best whatever their score).
         include_tool_output: Store tool results with the turn's text.
-        role: Role of the recalled-section message (``"system"`` or ``"user"``).
+        message_role: Role of the recalled-section message (``"system"`` or ``"user"``). (Was
+            ``role``, which is also the component role ``"recall"``; the old keyword works,
+            with a warning, for one release.)
 
     Raises:
         UsageError: an argument is out of range.
@@ -94,7 +99,7 @@ class VectorRecall:
             use, naming ``pip install 'convmem[recall]'``).
     """
 
-    role = "recall"
+    role: Literal["recall"] = "recall"
 
     def __init__(
         self,
@@ -102,20 +107,24 @@ class VectorRecall:
         collection: str = "convmem_turns",
         embedder: Any = None,
         k: int = 8,
-        max_tokens: int | None = None,
+        max_recall_tokens: int | None = None,
         min_score: float | None = DEFAULT_MIN_SCORE,
         *,
         include_tool_output: bool = False,
-        role: str = "system",
+        message_role: str = "system",
+        **deprecated: Any,
     ) -> None:
+        max_recall_tokens, message_role = _renamed(deprecated, max_recall_tokens, message_role)
+        max_tokens = max_recall_tokens
+        role = message_role
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise UsageError(f"VectorRecall(k=...) must be a positive int, got {k!r}")
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
             raise UsageError(
-                f"VectorRecall(max_tokens=...) must be a positive int, got {max_tokens!r}"
+                f"VectorRecall(max_recall_tokens=...) must be a positive int, got {max_tokens!r}"
             )
         if role not in ("system", "user"):
-            raise UsageError("VectorRecall(role=...) must be 'system' or 'user'")
+            raise UsageError("VectorRecall(message_role=...) must be 'system' or 'user'")
         _check.chroma_collection_name("VectorRecall(collection=...)", collection)
         if min_score is not None:
             _check.number_in_range("VectorRecall(min_score=...)", min_score, -1.0, 1.0)
@@ -125,7 +134,7 @@ class VectorRecall:
         self.collection = collection
         self._embedder_spec = embedder
         self.k = k
-        self.max_tokens = max_tokens
+        self.max_recall_tokens = max_tokens
         self.min_score = min_score
         self.include_tool_output = include_tool_output
         self.message_role = role
@@ -136,6 +145,14 @@ class VectorRecall:
     @property
     def name(self) -> str:
         return f"VectorRecall(k={self.k})"
+
+    @property
+    def max_tokens(self) -> int | None:
+        """Deprecated alias of :attr:`max_recall_tokens` (removed in the next release)."""
+        warnings.warn(
+            "VectorRecall.max_tokens is now max_recall_tokens", DeprecationWarning, stacklevel=2
+        )
+        return self.max_recall_tokens
 
     def __repr__(self) -> str:
         return self.name
@@ -205,8 +222,8 @@ class VectorRecall:
     def reserve(self, comp: Composition) -> int:
         """Tokens set aside for the recalled section before recent turns are chosen."""
         free = max(0, comp.remaining)
-        if self.max_tokens is not None:
-            return min(free, comp.request.budget.to_estimate(self.max_tokens))
+        if self.max_recall_tokens is not None:
+            return min(free, comp.request.budget.to_estimate(self.max_recall_tokens))
         return free // 4
 
     def contribute(self, comp: Composition) -> None:
@@ -216,13 +233,11 @@ class VectorRecall:
         if result is None:
             return
         if not result.ok:
-            comp.notes.append(
-                f"recall failed ({type(result.error).__name__}: {result.error}); sent without it"
-            )
+            comp.note("recall_failed", error=f"{type(result.error).__name__}: {result.error}")
             return
         budget = comp.remaining
-        if self.max_tokens is not None:
-            budget = min(budget, request.budget.to_estimate(self.max_tokens))
+        if self.max_recall_tokens is not None:
+            budget = min(budget, request.budget.to_estimate(self.max_recall_tokens))
         history = request.history
         turns = history.turn_list()
         chosen: list[tuple[Turn, float]] = []
@@ -240,7 +255,7 @@ class VectorRecall:
             chosen = trial
         if not chosen:
             if result.value:
-                comp.notes.append("no recalled turn fits the recall budget or all are recent")
+                comp.note("recall_nothing_fits")
             return
         message = self._message(chosen)
         comp.recalled = chosen
@@ -258,3 +273,25 @@ class VectorRecall:
                 f'<turn id="{turn.id}" time="{when}" similarity="{score:.2f}">\n{body}\n</turn>'
             )
         return {"role": self.message_role, "content": "\n".join(blocks)}
+
+
+def _renamed(
+    deprecated: dict[str, Any], max_recall_tokens: int | None, message_role: str
+) -> tuple[int | None, str]:
+    """Accepts the pre-0.2 keywords ``max_tokens`` and ``role`` with a DeprecationWarning."""
+    for old, new in (("max_tokens", "max_recall_tokens"), ("role", "message_role")):
+        if old in deprecated:
+            warnings.warn(
+                f"VectorRecall({old}=...) is now {new}=... (the old name is removed in the "
+                "next release)",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+    unknown = sorted(set(deprecated) - {"max_tokens", "role"})
+    if unknown:
+        raise TypeError(f"VectorRecall() got unexpected keyword argument(s) {unknown}")
+    if "max_tokens" in deprecated:
+        max_recall_tokens = deprecated["max_tokens"]
+    if "role" in deprecated:
+        message_role = deprecated["role"]
+    return max_recall_tokens, message_role

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from .. import _check
 from ..errors import UsageError
@@ -108,7 +108,7 @@ class RollingSummary:
         UsageError: an argument is out of range.
     """
 
-    role = "summary"
+    role: Literal["summary"] = "summary"
 
     def __init__(
         self,
@@ -279,24 +279,26 @@ class RollingSummary:
                     completion_tokens=call.completion_tokens,
                 )
                 comp.new_summary = summary
-                comp.notes.append(
-                    f"context at {pct:.0f}% of the window (trigger {self.trigger:.0%}): "
-                    f"summarised turn{'s' if len(ids) > 1 else ''} "
-                    f"{ids[0]}{f'-{ids[-1]}' if len(ids) > 1 else ''}"
+                comp.note(
+                    "summarised",
+                    why=f"context at {pct:.0f}% of the window (trigger {self.trigger:.0%})",
+                    span=f"turn{'s' if len(ids) > 1 else ''} "
+                    f"{ids[0]}{f'-{ids[-1]}' if len(ids) > 1 else ''}",
+                    first=ids[0],
+                    last=ids[-1],
+                    context_pct=round(pct, 1),
+                    trigger=self.trigger,
                 )
             else:
-                comp.notes.append(
-                    f"summariser failed ({call.error}); this call falls back to truncation, "
-                    "the summary is retried at the next trigger"
-                )
+                comp.note("summary_failed", error=call.error)
         elif self.due(request):
-            comp.notes.append("a summary is due: the summariser was not called (preview)")
+            comp.note("summary_not_called")
         if summary is None:
             return
         message = self.summary_message(summary)
         tokens = self._summary_tokens(summary, request)
         if tokens > comp.remaining:
-            comp.notes.append(f"the summary ({tokens} tokens) does not fit; sent without it")
+            comp.note("summary_does_not_fit", tokens=tokens)
             return
         comp.summary = summary
         comp.summary_message = message

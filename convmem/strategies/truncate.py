@@ -5,10 +5,10 @@ from __future__ import annotations
 from ..errors import UsageError
 from ..plan import ContextPlan
 from ..strategy import ContextRequest
-from .compose import Composition, compose
+from .compose import RecentTurns, compose
 
 
-class Truncate:
+class Truncate(RecentTurns):
     """Keeps the most recent whole turns that fit a turn count and/or a token budget.
 
     The system prompt is pinned and the new message is always sent. Turns are kept newest
@@ -31,8 +31,6 @@ class Truncate:
         UsageError: a limit is not a positive int.
     """
 
-    role = "recent"
-
     def __init__(self, max_turns: int | None = None, max_tokens: int | None = None) -> None:
         for label, value in (("max_turns", max_turns), ("max_tokens", max_tokens)):
             if value is not None and (
@@ -41,8 +39,7 @@ class Truncate:
                 raise UsageError(f"Truncate({label}=...) must be a non-negative int, got {value!r}")
         if max_tokens == 0:
             raise UsageError("Truncate(max_tokens=0) leaves no room for the new message")
-        self.max_turns = max_turns
-        self.max_tokens = max_tokens
+        super().__init__(max_turns=max_turns, max_tokens=max_tokens)
 
     @property
     def name(self) -> str:
@@ -58,24 +55,3 @@ class Truncate:
 
     def build(self, request: ContextRequest) -> ContextPlan:
         return compose(request, [self], name=self.name)
-
-    def contribute(self, comp: Composition) -> None:
-        """Adds the newest whole turns that fit, continuing below turns already kept."""
-        history = comp.request.history
-        turns = history.turn_list()
-        start = len(turns) - 1
-        if comp.recent:
-            # Continue below the oldest turn already kept (turns are sorted by id).
-            start = history.index_after(comp.recent[-1].id) - 2
-        for i in range(start, -1, -1):
-            turn = turns[i]
-            if comp.is_decided(turn.id):
-                break  # summarised or recalled: the run of recent turns ends here
-            if self.max_turns is not None and len(comp.recent) >= self.max_turns:
-                break
-            cost = comp.request.turn_tokens(turn)
-            if cost > comp.remaining:
-                break
-            comp.recent.append(turn)
-            comp.recent_tokens += cost
-            comp.decide(turn, "kept", "recent")
