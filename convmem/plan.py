@@ -234,7 +234,7 @@ class ContextPlan:
 
     def __post_init__(self) -> None:
         # Notes quote provider errors, which can echo the API key back (convmem.redact).
-        self.notes = [redact(n) for n in self.notes]
+        self.notes = [_redacted(as_note(n)) for n in self.notes]
 
     @property
     def decisions(self) -> list[TurnDecision]:
@@ -375,6 +375,11 @@ class ContextPlan:
         from .display import plan_html
 
         return plan_html(self)
+
+
+def _redacted(note: Note) -> Note:
+    data = {k: redact(v) if isinstance(v, str) else v for k, v in note.data.items()}
+    return note if data == dict(note.data) else Note(note.kind, data)
 
 
 def _ranges(ids: tuple[int, ...] | list[int]) -> str:
