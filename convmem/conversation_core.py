@@ -122,10 +122,10 @@ class _Core:
     ) -> None:
         if not isinstance(model, str) or not model:
             raise UsageError("model must be a non-empty string")
-        if strategy is not None and not callable(getattr(strategy, "build", None)):
-            raise UsageError(
-                f"strategy must have a build(request) method, got {type(strategy).__name__}"
-            )
+        if strategy is not None:
+            from .strategies.custom import as_strategy  # user strategies are checked at run time
+
+            strategy = as_strategy(strategy)
         self.client = client
         self.model = model
         # A store resumes the conversation it has under this id (see convmem.stores.link).

@@ -62,6 +62,21 @@ class ReadOnlyError(UsageError, TypeError):
     """
 
 
+class StrategyError(UsageError):
+    """A user strategy returned something convmem cannot send (checked before any call).
+
+    The message names the strategy and the broken rule (a turn twice, a ``tool`` reply without
+    its call, the system message not first, ...).
+
+    Attributes:
+        plan: The offending :class:`~convmem.plan.ContextPlan`, when one was built.
+    """
+
+    def __init__(self, reason: str, *, plan: Any = None) -> None:
+        self.plan = plan
+        super().__init__(reason)
+
+
 class BudgetError(UsageError):
     """A token budget cannot work at all, e.g. it is smaller than the pinned system prompt.
 
@@ -246,6 +261,7 @@ __all__ = [
     "MissingExtraError",
     "ReadOnlyError",
     "RunError",
+    "StrategyError",
     "StreamAbandonedError",
     "StreamIncompleteError",
     "ToolRoundsExceededError",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .plan import ContextPlan
+from .plan import NOT_SUMMARISED, ContextPlan
 from .strategy import ContextRequest
 
 
@@ -16,7 +16,7 @@ class PlanInvariantError(AssertionError):
     """A plan breaks an invariant (a bug in the strategy that built it)."""
 
 
-def check_plan(plan: ContextPlan, request: ContextRequest) -> None:
+def check_plan(plan: ContextPlan, request: ContextRequest, *, coverage: bool = False) -> None:
     """Checks the invariants of a context plan.
 
     - The system message, when there is one, comes first and only once as the pinned prompt.
@@ -25,6 +25,15 @@ def check_plan(plan: ContextPlan, request: ContextRequest) -> None:
     - Within the budget: the estimate does not exceed the prompt budget.
     - The newest user message (the pending turn) is sent, and is the last user message.
     - Every history turn has exactly one decision; recent turns are sent verbatim.
+    - A ``summarised`` turn is covered by the summary section the plan sends.
+    - A turn ``dropped, not summarised`` comes with a ``not_summarised`` note giving the reason.
+    - With ``coverage=True`` (a summary strategy in use): no holes, every turn is sent (recent
+      or recalled), covered by the summary sent, or ``dropped, not summarised`` with its reason.
+
+    Args:
+        plan: The plan.
+        request: The request it was built for.
+        coverage: Also check coverage without holes.
 
     Raises:
         PlanInvariantError: naming the broken invariant.
@@ -61,6 +70,29 @@ def check_plan(plan: ContextPlan, request: ContextRequest) -> None:
                 expected.extend(request.wire(by_id[turn_id]))
         sent_history = recent.messages[: len(expected)]
         _require(sent_history == expected, "recent turns must be sent verbatim and whole")
+    _check_coverage(plan, coverage=coverage)
+
+
+def _check_coverage(plan: ContextPlan, *, coverage: bool) -> None:
+    summary = plan.section("summary")
+    covered = set(summary.turn_ids) if summary is not None else set()
+    stray = [i for i in plan.summarised if i not in covered]
+    _require(
+        not stray, f"turns {stray[:10]} marked summarised but the summary sent does not cover them"
+    )
+    lost = plan.not_summarised
+    if lost:
+        _require(
+            bool(plan.notes_of("not_summarised")),
+            f"turns {lost[:10]} dropped, not summarised, without a note giving the reason",
+        )
+    if coverage:
+        holes = [
+            d.turn_id
+            for d in plan.decisions
+            if d.action == "dropped" and d.reason != NOT_SUMMARISED
+        ]
+        _require(not holes, f"turns {holes[:10]} neither sent nor summarised")
 
 
 def _check_tool_pairs(msgs: list[dict[str, Any]]) -> None:

@@ -29,9 +29,10 @@ NOTE_TEXTS: dict[str, str] = {
     "summarised": "{why}: summarised {span}",
     "summary_failed": "summariser failed ({error}); this call falls back to truncation, the "
     "summary is retried at the next call",
-    "summary_rejected": "summary rejected: {tokens} tokens, over max_summary_tokens "
-    "({max_tokens}); this call falls back to truncation",
-    "summary_cut": "summary cut from {tokens} to {max_tokens} tokens (max_summary_tokens)",
+    "summary_rejected": "summary rejected: {tokens} tokens, more than twice its cap of {cap} "
+    "(max_summary_tokens); this call falls back to truncation",
+    "summary_cut": "summary cut at a line end from {tokens} to {kept_tokens} tokens (cap {cap}, "
+    "max_summary_tokens)",
     "summary_not_called": "a summary is due: the summariser was not called (preview)",
     "summary_does_not_fit": "the summary ({tokens} tokens) does not fit; sent without it",
     "not_summarised": "{count} turn(s) dropped, not summarised: {reason}",

@@ -59,9 +59,10 @@ class Budget:
         return math.ceil(estimate * self.ratio)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ContextRequest:
-    """Everything a strategy may look at to build one call's context. Read-only for strategies.
+    """Everything a strategy may look at to build one call's context. Read-only for strategies
+    (frozen; a strategy of your own gets a read-only view of the history too).
 
     Attributes:
         history: The committed history.

@@ -418,11 +418,11 @@ def test_recall_rows_and_summary_reuse(tmp_path: Path) -> None:
     recall = report.row("recall-1200")
     assert max(q.tokens for q in recall.questions) <= 1200
     summ, both = report.row("summary-1200"), report.row("summary+recall-1200")
-    # The summary with recall asks the summariser the same things: answered from memo.
-    assert both.summary_calls == summ.summary_calls > 0
-    assert both.summary_reused == both.summary_calls
-    assert both.summary_tokens == summ.summary_tokens
-    assert len(server.requests) == summ.summary_calls
+    # With recall the recent turns reach less far back, so the summary also covers the turns
+    # they left behind (no turn dropped unsummarised): at least as many summariser calls, the
+    # requests identical to the summary row's answered from memo.
+    assert both.summary_calls >= summ.summary_calls > 0
+    assert len(server.requests) == summ.summary_calls + both.summary_calls - both.summary_reused
     assert runner.memo_embedder is not None
     # Each turn text and each question is embedded once although three rows store/query them.
     assert runner.memo_embedder.embedded <= len(turn_groups(convs[0])) + len(convs[0].questions) + 1

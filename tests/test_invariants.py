@@ -6,6 +6,7 @@ Histories mix text, parallel tool calls, images and reasoning content. One valid
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from convmem.invariants import PlanInvariantError, check_plan
 from convmem.plan import ContextPlan
 from convmem.strategies import Pipeline, RollingSummary, Truncate
 from convmem.strategies.recall import VectorRecall
+from convmem.strategies.summary import SUMMARY_JOB
 from convmem.strategy import Budget, ContextRequest
 from convmem.tokens import default_counter
 
@@ -74,7 +76,11 @@ def histories(draw: Any) -> History:
         h.append(draw(turn_messages(i)))
     if n > 3 and draw(st.booleans()):
         upto = draw(st.integers(0, n - 2))
-        h.add_summary(Summary("- fact one\n- fact two", covers=tuple(range(upto + 1))))
+        if draw(st.booleans()):
+            covers = tuple(range(upto + 1))
+        else:  # a summary that does not cover a prefix (made by another strategy, imported)
+            covers = tuple(sorted(draw(st.sets(st.integers(0, n - 1), min_size=1, max_size=n))))
+        h.add_summary(Summary("- fact one\n- fact two", covers=covers))
     return h
 
 
@@ -110,7 +116,25 @@ def requests(draw: Any) -> ContextRequest:
         ids = draw(st.lists(st.sampled_from([t.id for t in h.turns]), max_size=8, unique=True))
         hits = [_Hit(i, draw(st.floats(0, 1))) for i in ids]
         req.results[RECALL.job_key] = JobResult(value=sorted(hits, key=lambda x: -x.score))
+    # What the summariser did, when it was asked: nothing yet, a reply, a failure, a reply far
+    # over max_summary_tokens (a server that ignores max_tokens).
+    outcome = draw(st.sampled_from(["none", "ok", "failed", "overlong", "long"]))
+    if outcome == "ok":
+        req.results[SUMMARY_JOB] = JobResult(value=_completion("- a fact\n- another"), model="m")
+    elif outcome == "failed":
+        req.results[SUMMARY_JOB] = JobResult(error=TimeoutError("summariser timed out"), model="m")
+    elif outcome == "overlong":
+        req.results[SUMMARY_JOB] = JobResult(value=_completion("- fact " * 3000), model="m")
+    elif outcome == "long":
+        lines = "\n".join(f"- fact number {i} is here" for i in range(60))
+        req.results[SUMMARY_JOB] = JobResult(value=_completion(lines), model="m")
     return req
+
+
+def _completion(text: str) -> Any:
+    message = SimpleNamespace(content=text)
+    usage = SimpleNamespace(prompt_tokens=100, completion_tokens=50)
+    return SimpleNamespace(choices=[SimpleNamespace(message=message)], usage=usage)
 
 
 class _Hit:
@@ -129,12 +153,17 @@ def strategies_under_test() -> list[Any]:
         Truncate(),
         Truncate(max_turns=3),
         Truncate(max_tokens=700),
-        RollingSummary(),
+        RollingSummary(max_summary_tokens=64),
         recall,
-        Pipeline(RollingSummary(), Truncate(max_turns=5)),
+        Pipeline(RollingSummary(max_summary_tokens=64), Truncate(max_turns=5)),
         Pipeline(recall, Truncate(max_tokens=900)),
-        Pipeline(RollingSummary(), recall, Truncate()),
+        Pipeline(RollingSummary(max_summary_tokens=64), recall, Truncate()),
     ]
+
+
+def _has_summary(strategy: Any) -> bool:
+    parts = getattr(strategy, "strategies", (strategy,))
+    return any(isinstance(p, RollingSummary) for p in parts)
 
 
 def _build(strategy: Any, req: ContextRequest) -> ContextPlan | None:
@@ -160,7 +189,28 @@ def test_every_strategy_keeps_the_invariants(req: ContextRequest) -> None:
                 req.fixed_tokens + req.pending_tokens > req.budget.limit
             ), f"{strategy!r} raised overflow although the new message fits"
             continue
-        check_plan(plan, req)
+        summarising = _has_summary(strategy)
+        check_plan(plan, req, coverage=summarising)
+        if not summarising:
+            continue
+        # Coverage without holes: a turn is dropped unsummarised only for a stated reason, and
+        # never because of a summariser that succeeded with a usable reply.
+        if plan.not_summarised:
+            (note,) = plan.notes_of("not_summarised")
+            reason = note.data["reason"]
+            assert any(
+                why in reason
+                for why in ("failed", "not called", "does not fit", "cannot fit", "rejected")
+            ), reason
+        if plan.new_summary is not None:
+            cap = strategy_summary(strategy).summary_cap(req)
+            message = strategy_summary(strategy).summary_message(plan.new_summary)
+            assert req.counter.count_message(message) <= cap  # a stored summary always fits
+
+
+def strategy_summary(strategy: Any) -> RollingSummary:
+    parts = getattr(strategy, "strategies", (strategy,))
+    return next(p for p in parts if isinstance(p, RollingSummary))
 
 
 @settings(max_examples=60, deadline=None)

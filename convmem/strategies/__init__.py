@@ -4,6 +4,9 @@
 - :class:`RollingSummary` summarises the older half when the context reaches 70% of the window.
 - :class:`VectorRecall` brings back the past turns most similar to the new message (Chroma).
 - :class:`Pipeline` composes them into one budget.
+- Your own: a function of the request (or an object with ``build``) returning a
+  :class:`Selection` or a list of turns; convmem derives the decisions and checks the plan
+  (:mod:`convmem.strategies.custom`).
 
 ``VectorRecall`` needs the ``recall`` extra (``pip install 'convmem[recall]'``); it is imported
 on first use, so ``import convmem.strategies`` stays light.
@@ -13,7 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .compose import Composition
+from .compose import Composition, RecentTurns
+from .custom import Selection
 from .pipeline import Pipeline
 from .summary import RollingSummary, default_should_summarize
 from .truncate import Truncate
@@ -24,7 +28,9 @@ if TYPE_CHECKING:
 __all__ = [
     "Composition",
     "Pipeline",
+    "RecentTurns",
     "RollingSummary",
+    "Selection",
     "Truncate",
     "VectorRecall",
     "default_should_summarize",

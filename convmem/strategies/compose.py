@@ -119,6 +119,9 @@ class Composition:
         """Adds a structured note (its readable text is derived from the kind and data)."""
         self.notes.append(Note(kind, data))
 
+    def notes_of_kind(self, kind: str) -> list[Note]:
+        return [n for n in self.notes if n.kind == kind]
+
     def add_recent(self, turn: Turn, reason: str = "recent") -> None:
         """Sends ``turn`` verbatim among the recent turns (the caller checked it fits)."""
         self.recent.append(turn)
@@ -132,10 +135,12 @@ class Composition:
         turns = history.turn_list()
         if self.summary is not None:
             spans.append(DecisionSpan("summarised", "covered by the summary", self.summary.covers))
-        # Everything older than the run of recent turns and not summarised was dropped.
+        # Everything older than the recent turns and not summarised was dropped; a recent-turn
+        # policy that leaves gaps (a user's selection) also drops the turns in between.
         end = len(turns)
         if self.recent:
-            end = history.index_after(self.recent[-1].id) - 1  # recent is newest first
+            oldest = min(t.id for t in self.recent)
+            end = history.index_after(oldest) - 1
         dropped: Sequence[int]
         if self.summary is not None and not self.summary.is_prefix:
             dropped = [t.id for t in turns[:end] if t.id not in self.summary.covered]
@@ -144,6 +149,10 @@ class Composition:
             if self.summary is not None:
                 start = min(history.index_after(self.summary.through), end)
             dropped = _ids(turns, start, end)
+        covered = self.summary.covered if self.summary is not None else frozenset()
+        gaps = [t.id for t in turns[end:] if t.id not in self.decisions and t.id not in covered]
+        if gaps:
+            dropped = [*dropped, *gaps]
         if len(dropped):
             if self.summary_component:
                 reason = self.not_summarised_reason or "not covered by the summary"
@@ -473,13 +482,15 @@ def recent_horizon(
     *,
     summary: Summary | None,
     summary_tokens: int,
+    ahead: int = 0,
 ) -> int:
     """The id of the oldest turn the recent filler is sure to keep, given a summary section.
 
     Runs the filler's first pass (recall reserves held back, no recall results read) with a
     summary section of ``summary_tokens`` covering ``summary``'s turns. Unsummarised turns older
     than the answer would be dropped: a summary component covers them first. Pure and
-    deterministic, so ``prepare`` and ``build`` agree.
+    deterministic, so ``prepare`` and ``build`` agree. ``ahead`` holds back room for a message
+    not known yet (a summary made ahead of the next call).
 
     Raises:
         BudgetError, ContextOverflowError: as :func:`compose` (the new turn cannot fit).
@@ -488,12 +499,17 @@ def recent_horizon(
     comp = _start(request, components, parts, name="horizon", cap_tokens=None)
     comp.summary = summary
     comp.summary_tokens = summary_tokens
+    comp.reserved["ahead"] = ahead
     for rec in parts.recalls:
         comp.reserved[_key(rec)] = rec.reserve(comp)
     parts.filler.contribute(comp)
-    if not comp.recent:
-        return request.pending_id
-    return min(t.id for t in comp.recent)
+    # The oldest turn of the unbroken run of sent or covered turns that ends at the newest.
+    horizon = request.pending_id
+    for turn in reversed(request.history.turn_list()):
+        if not comp.is_decided(turn.id):
+            break
+        horizon = turn.id
+    return horizon
 
 
 def _key(component: object) -> str:
@@ -504,6 +520,11 @@ def prepare_all(components: Sequence[object], request: ContextRequest) -> list[J
     """The jobs of every component that has a ``prepare``."""
     jobs: list[Job] = []
     for c in components:
+        # A summary component plans its coverage against the others (what recent turns keep).
+        prep_in = getattr(c, "prepare_in", None)
+        if callable(prep_in):
+            jobs.extend(prep_in(request, components))
+            continue
         prep = getattr(c, "prepare", None)
         if callable(prep):
             jobs.extend(prep(request))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from ..errors import UsageError
 from ..history import Turn
 from ..plan import ContextPlan
-from ..strategy import ContextRequest, Job
-from .compose import compose, prepare_all
+from ..strategy import ContextRequest, Job, Strategy
+from .compose import Component, compose, merge_fillers, prepare_all, role_of
+from .custom import StrategyFunction, as_strategy
 
 
 class Pipeline:
@@ -20,31 +20,46 @@ class Pipeline:
     conversation"), and the most recent whole turns, all within one budget. The split:
 
     - the summary takes what it is (its length is bounded by ``RollingSummary.max_summary_tokens``);
-    - recall reserves ``VectorRecall.max_tokens`` (default: a quarter of what is left);
+    - recall reserves ``VectorRecall.max_recall_tokens`` (default: a quarter of what is left);
     - recent turns get the rest, newest first; room the recall did not use goes back to them.
 
     ``Truncate``'s ``max_tokens`` caps the whole prompt; without a ``Truncate`` the window's budget
-    applies and a default ``Truncate()`` fills recent turns.
+    applies and the default recent-turn filler (newest whole turns that fit) is used.
+
+    Your own strategy (a function of the request, or an object with ``build``, returning a
+    :class:`~convmem.strategies.Selection` or turns) takes the place of that filler: its turns
+    are sent verbatim after the summary, and recall fills what is left.
 
     Args:
-        *strategies: ``RollingSummary``, ``VectorRecall`` and ``Truncate`` instances (any order).
+        *strategies: ``RollingSummary``, ``VectorRecall``, ``Truncate`` and at most one strategy
+            of your own (any order).
 
     Raises:
-        UsageError: a strategy cannot take part in a pipeline.
+        UsageError: a strategy cannot take part in a pipeline, two summary strategies, or two
+            recent-turn strategies that cannot be merged.
     """
 
-    def __init__(self, *strategies: Any) -> None:
+    def __init__(self, *strategies: Component | Strategy | StrategyFunction) -> None:
         if not strategies:
             raise UsageError("Pipeline() needs at least one strategy")
+        parts: list[Component] = []
         for s in strategies:
-            if getattr(s, "role", None) not in ("summary", "recall", "recent"):
-                raise UsageError(
-                    f"{type(s).__name__} cannot take part in a Pipeline (it needs a "
-                    "contribute() method and a role of 'summary', 'recall' or 'recent')"
-                )
-        if sum(1 for s in strategies if s.role == "summary") > 1:
+            if isinstance(s, Pipeline):
+                raise UsageError("a Pipeline cannot hold a Pipeline: list its strategies instead")
+            if role_of(s) is None:
+                try:
+                    s = as_strategy(s)  # a strategy of the user's: the recent-turn filler
+                except UsageError:
+                    raise UsageError(
+                        f"{type(s).__name__} cannot take part in a Pipeline: it is neither a "
+                        "component (a role and contribute()) nor a strategy (a function of the "
+                        "request, or an object with build(request))"
+                    ) from None
+            parts.append(s)  # type: ignore[arg-type]
+        if sum(1 for s in parts if role_of(s) == "summary") > 1:
             raise UsageError("a Pipeline takes at most one summary strategy")
-        self.strategies: tuple[Any, ...] = strategies
+        merge_fillers([s for s in parts if role_of(s) == "recent"])  # type: ignore[misc]
+        self.strategies: tuple[Component, ...] = tuple(parts)
 
     @property
     def name(self) -> str:
