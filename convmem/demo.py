@@ -101,6 +101,7 @@ def _request_text(messages: Sequence[Mapping[str, Any]]) -> str:
 def run(*, fake: bool, out: Any = None) -> int:
     """Runs the demo, printing each reply and plan to ``out`` (default stdout)."""
     from .conversation import Conversation
+    from .localserver import SMOLLM2_CONTEXT_WINDOW
     from .strategies import Pipeline, RollingSummary, Truncate
     from .tokens import TiktokenCounter
 
@@ -113,7 +114,14 @@ def run(*, fake: bool, out: Any = None) -> int:
             system=DEMO_SYSTEM,
             context_window=DEMO_WINDOW,
             counter=TiktokenCounter(encoding="cl100k_base"),
-            strategy=Pipeline(RollingSummary(max_summary_tokens=DEMO_SUMMARY_TOKENS), Truncate()),
+            # Only the conversation's window is made small; the summariser (the same model) reads
+            # its input with the server's whole window, so the turns left behind fit in it.
+            strategy=Pipeline(
+                RollingSummary(
+                    max_summary_tokens=DEMO_SUMMARY_TOKENS, summarizer_window=SMOLLM2_CONTEXT_WINDOW
+                ),
+                Truncate(),
+            ),
         )
         for text in DEMO_MESSAGES:
             reply = conv.send(text, max_tokens=DEMO_REPLY_TOKENS, temperature=0)

@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 from .history import Summary
@@ -43,47 +44,54 @@ NOTE_TEXTS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Note:
+class Note(str):
     """An event worth knowing about one call: a kind, its numbers, and readable text.
 
-    Programs test :attr:`kind` and read :attr:`data`; people read ``str(note)``, derived from
-    both (:data:`NOTE_TEXTS`). For one release a note also answers the ``str`` methods earlier
-    code used on plain-text notes (``"cut" in note``, ``note.startswith(...)``).
+    Programs test :attr:`kind` and read :attr:`data`; people read the note itself, which is its
+    readable text (a ``str``, derived from the kind and data through :data:`NOTE_TEXTS`), so
+    code written when notes were plain strings keeps working.
 
     Attributes:
         kind: What happened, e.g. ``"recall_failed"``, ``"summary_failed"``, ``"summarised"``.
-        data: The numbers and names behind it (JSON-serialisable).
+        data: The numbers and names behind it (JSON-serialisable, read-only).
     """
 
     kind: str
-    data: Mapping[str, Any] = field(default_factory=dict)
+    data: Mapping[str, Any]
+
+    def __new__(cls, kind: str, data: Mapping[str, Any] | None = None) -> Note:
+        values = dict(data or {})
+        note = super().__new__(cls, _note_text(kind, values))
+        note.kind = kind
+        note.data = MappingProxyType(values)
+        return note
 
     @property
     def text(self) -> str:
-        template = NOTE_TEXTS.get(self.kind)
-        if template is not None:
-            try:
-                return template.format(**self.data)
-            except (KeyError, IndexError, ValueError):
-                pass
-        if "text" in self.data:
-            return str(self.data["text"])
-        details = ", ".join(f"{k}={v}" for k, v in self.data.items())
-        return f"{self.kind}: {details}" if details else self.kind
+        """The readable text (the note as a plain ``str``)."""
+        return str.__str__(self)
 
-    def __str__(self) -> str:
-        return self.text
+    def __repr__(self) -> str:
+        return f"Note({self.kind!r}, {dict(self.data)!r})"
 
-    # Plain-text compatibility (notes were strings before 0.2).
-    def __contains__(self, part: str) -> bool:
-        return part in self.text
-
-    def startswith(self, prefix: str | tuple[str, ...]) -> bool:
-        return self.text.startswith(prefix)
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Note, (self.kind, dict(self.data)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **dict(self.data), "text": self.text}
+
+
+def _note_text(kind: str, data: Mapping[str, Any]) -> str:
+    template = NOTE_TEXTS.get(kind)
+    if template is not None:
+        try:
+            return template.format(**data)
+        except (KeyError, IndexError, ValueError):
+            pass
+    if "text" in data:
+        return str(data["text"])
+    details = ", ".join(f"{k}={v}" for k, v in data.items())
+    return f"{kind}: {details}" if details else kind
 
 
 def as_note(note: Note | str) -> Note:

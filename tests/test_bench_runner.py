@@ -461,6 +461,12 @@ def test_report_files(tmp_path: Path) -> None:
     lines = text.splitlines()
     assert lines[0].split()[:4] == ["strategy", "budget", "tokens/call", "savings"]
     assert "stale only" in lines[0] and "summ. calls" in lines[0]
+    assert "dropped, not summarised" in lines[0]
+    # The scripted summariser never fails: no evidence turn falls through the summary.
+    summary_rows = [r for r in report.rows if r.spec.uses_summary]
+    assert summary_rows and all(r.not_summarised() == 0 for r in summary_rows)
+    assert all(r.summary_failures == 0 for r in summary_rows)
+    assert "not_summarised" in rows[0]
     assert len({len(line) for line in lines[:2]}) == 1  # header and rule aligned
     assert to_csv(report).count("\n") == len(report.rows) + 1
 

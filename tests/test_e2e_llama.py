@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from convmem import AsyncConversation, Conversation, StreamEnd, TextDelta, UsageEvent
+from convmem.quoting import quote_lines
 from convmem.strategies import Pipeline, RollingSummary, Truncate
 
 pytestmark = pytest.mark.llama
@@ -169,6 +170,6 @@ def test_rolling_summary_calls_the_real_model(llama_server: Any) -> None:
     final = rec.bodies[-1]["messages"]
     assert final[1]["content"].startswith("Summary of the earlier conversation")
     summary = conv.history.latest_summary
-    assert summary is not None and summary.text in final[1]["content"]
+    assert summary is not None and quote_lines(summary.text) in final[1]["content"]
     assert conv.usage.summary_calls == 1 and conv.usage.summary_prompt_tokens > 0
     assert len(conv.messages) == 1 + 2 * 15 + 2  # history untouched

@@ -63,7 +63,7 @@ def table_rows(report: BenchReport) -> tuple[list[str], list[list[str]]]:
     if stale:
         header.append("stale only")
     if summary:
-        header += ["summ. calls", "summ. tokens"]
+        header += ["dropped, not summarised", "summ. calls", "summ. tokens"]
     header.append("wall s")
     full = report.full_tokens
     rows: list[list[str]] = []
@@ -82,9 +82,13 @@ def table_rows(report: BenchReport) -> tuple[list[str], list[list[str]]]:
         if summary:
             if r.spec.uses_summary:
                 failed = f" ({r.summary_failures} failed)" if r.summary_failures else ""
-                cells += [f"{r.summary_calls}{failed}", f"{r.summary_tokens:,}"]
+                cells += [
+                    _share(r.not_summarised()),
+                    f"{r.summary_calls}{failed}",
+                    f"{r.summary_tokens:,}",
+                ]
             else:
-                cells += ["-", "-"]
+                cells += ["-", "-", "-"]
         cells.append(f"{r.wall_seconds:.1f}")
         rows.append(cells)
     return header, rows
@@ -139,6 +143,11 @@ def notes(report: BenchReport) -> list[str]:
             f"{s.get('max_summary_tokens')}, summary rows use a window of budget + "
             f"{s.get('reply_reserve')} tokens and summarise at 70% of it."
         )
+        out.append(
+            "Dropped, not summarised: share of evidence turns that a summary row neither sent "
+            "nor covered by its summary (0 while the summariser works; the plan's notes say why "
+            "otherwise)."
+        )
         if any(r.summary_reused for r in report.rows):
             out.append(
                 "Identical summariser requests (the summary with and without recall) were "
@@ -189,6 +198,7 @@ def to_csv(report: BenchReport) -> str:
         "all_evidence",
         "keyword_recall",
         "stale_only",
+        "not_summarised",
     ]
     for c in report.categories:
         fields += [f"evidence_recall[{c}]", f"all_evidence[{c}]", f"keyword_recall[{c}]"]

@@ -211,6 +211,8 @@ class QuestionResult:
             answer has none (e.g. LoCoMo adversarial questions).
         stale_only: For a corrected fact: the old value is in the context without the new
             one. None for other questions.
+        evidence_not_summarised: Of the evidence turns, how many the plan dropped although a
+            summary strategy should have covered them (``plan.not_summarised``).
     """
 
     conversation_id: str
@@ -221,6 +223,7 @@ class QuestionResult:
     evidence_present: int
     keyword_recall: float | None
     stale_only: bool | None = None
+    evidence_not_summarised: int = 0
 
     @property
     def evidence_share(self) -> float | None:
@@ -242,6 +245,7 @@ class QuestionResult:
             "evidence_present": self.evidence_present,
             "keyword_recall": _round(self.keyword_recall),
             "stale_only": self.stale_only,
+            "evidence_not_summarised": self.evidence_not_summarised,
         }
 
 
@@ -311,6 +315,13 @@ class RowResult:
         """Share of corrected-fact questions whose context has the stale value only."""
         return _mean(q.stale_only for q in self.questions)
 
+    def not_summarised(self) -> float | None:
+        """Mean share of evidence turns dropped, not summarised (summary rows; 0 while the
+        summariser works)."""
+        return _mean(
+            q.evidence_not_summarised / q.evidence if q.evidence else None for q in self.questions
+        )
+
     def to_dict(self, categories: Sequence[str], full_tokens: float | None) -> dict[str, Any]:
         return {
             "key": self.spec.key,
@@ -325,6 +336,7 @@ class RowResult:
             "all_evidence": _round(self.all_evidence()),
             "keyword_recall": _round(self.keyword_recall()),
             "stale_only": _round(self.stale_only()),
+            "not_summarised": _round(self.not_summarised()) if self.spec.uses_summary else None,
             "by_category": {
                 c: {
                     "questions": len(self._select(c)),
@@ -478,6 +490,7 @@ def score_question(
     sent = set(plan.kept) | set(plan.recalled)
     evidence = [turn_map[i] for i in question.evidence_turn_ids]
     present = sum(1 for tid in evidence if tid in sent)
+    lost = set(plan.not_summarised)
     cache = words if words is not None else ContextWords()
     context = cache.of_context(plan.messages[:-1])  # the question itself is not context
     stale_only: bool | None = None
@@ -496,6 +509,7 @@ def score_question(
         evidence_present=present,
         keyword_recall=_share(question.answer_keywords, context),
         stale_only=stale_only,
+        evidence_not_summarised=sum(1 for tid in evidence if tid in lost),
     )
 
 
