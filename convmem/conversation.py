@@ -10,22 +10,25 @@ wrapper around the async one, so it works inside notebooks, which already run an
 
 from __future__ import annotations
 
+from .background import JobResult, PendingMemory
 from .conversation_async import AsyncConversation
 from .conversation_core import (
+    DEFAULT_JOB_TIMEOUT,
     DEFAULT_MAX_REPLY_RESERVE,
     DEFAULT_MAX_TOOL_ROUNDS,
-    Chooser,
-    JobResult,
     default_reply_reserve,
 )
 from .conversation_sync import Conversation
+from .replies import Chooser
 
 __all__ = [
+    "DEFAULT_JOB_TIMEOUT",
     "DEFAULT_MAX_REPLY_RESERVE",
     "DEFAULT_MAX_TOOL_ROUNDS",
     "AsyncConversation",
     "Chooser",
     "Conversation",
     "JobResult",
+    "PendingMemory",
     "default_reply_reserve",
 ]

@@ -4,28 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from functools import partial
 from typing import Any
 
 import openai
 from openai.types.chat import ChatCompletion
 
+from .background import JobResult, _run_local, _timed_out
 from .conversation_core import (
-    Chooser,
-    JobResult,
+    _abandoned,
     _Call,
+    _call_name,
     _Core,
     _load_kwargs,
-    _parsed,
-    _run_local,
     _tool_name,
 )
+from .errors import InvalidResponseError, ToolTimeoutError, UsageError
 from .events import StreamEnd, StreamEvent, ToolResult
+from .gate import _busy_error, _Claim
 from .history import Summary, Turn
 from .plan import ContextPlan
+from .replies import Chooser, not_json, parsed
 from .strategy import ContextRequest, Job, LLMJob, LocalJob, PreparingStrategy
 from .streaming import StreamAssembler
+from .workers import POOL, start_daemon
 
 
 class AsyncConversation(_Core):
@@ -33,8 +39,12 @@ class AsyncConversation(_Core):
 
     ``await conv.send(...)``, ``async for ev in conv.stream(...)``. Many conversations run
     concurrently under ``asyncio.gather``; concurrent calls on the same conversation are
-    serialised (an ``asyncio.Lock``), never interleaved. Work a strategy does after a reply
-    (storing turns for recall) runs in the background; ``await conv.drain()`` waits for it.
+    serialised, never interleaved, and a stream never holds the conversation while its consumer
+    has an event (see :class:`Conversation`). Nothing is tied to one event loop: the same
+    conversation works under ``asyncio.run`` twice (if its client does). Work a strategy does
+    after a reply (storing turns for recall) runs in the pool shared by all conversations;
+    ``await conv.drain()`` waits for it, ``await conv.aclose()`` (or ``async with``) finishes
+    it and closes the conversation.
 
     Args:
         client: An ``openai.AsyncOpenAI`` client.
@@ -42,21 +52,106 @@ class AsyncConversation(_Core):
             would need (e.g. ``RollingSummary``) in the background, so the next call does not
             wait for it. The next call waits only if it starts before the summary is done.
         **kwargs: The same as :class:`Conversation`.
+
+    Raises:
+        UsageError: ``client`` is a blocking ``openai.OpenAI`` (use :class:`Conversation`).
     """
 
     _load_on_init = False  # a stored conversation loads off the event loop, at first use
 
     def __init__(self, client: Any, *, background_summary: bool = False, **kwargs: Any) -> None:
+        if isinstance(client, openai.OpenAI):
+            raise UsageError(
+                "AsyncConversation needs an openai.AsyncOpenAI client, got a blocking OpenAI: "
+                "use Conversation(client, ...) with a blocking client"
+            )
         super().__init__(client, **kwargs)
         self.background_summary = background_summary
-        self._alock: asyncio.Lock | None = None
-        self._background: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
-    @property
-    def _lock(self) -> asyncio.Lock:
-        if self._alock is None:
-            self._alock = asyncio.Lock()
-        return self._alock
+    # -- holding the conversation -------------------------------------------------------------
+    async def _acquire(self, kind: str) -> _Claim:
+        loop = asyncio.get_running_loop()
+        claim = _Claim(kind, asyncio.current_task())
+        gate = self._gate
+        while True:
+            with gate.cond:
+                holder = gate.holder
+                state, victim = gate.try_take(claim)
+                if state == "wait":
+                    waiter = loop.create_future()
+                    gate.async_waiters.append((loop, waiter))
+            if state in ("free", "take"):
+                break
+            if state == "busy":
+                raise _busy_error(holder.kind if holder else kind)
+            # Woken by release(); the timeout notices a consumer that went away.
+            await asyncio.wait([waiter], timeout=0.1)
+        if victim is not None:
+            await _aclose_quietly(victim.response)
+        return claim
+
+    @asynccontextmanager
+    async def _hold(self, kind: str) -> AsyncIterator[_Claim]:
+        claim = await self._acquire(kind)
+        try:
+            yield claim
+        finally:
+            self._gate.release(claim)
+
+    def _resume(self, claim: _Claim, asm: StreamAssembler) -> None:
+        if not self._gate.resume(claim, asyncio.current_task()):
+            raise _abandoned(asm)
+
+    # -- background work and closing ----------------------------------------------------------
+    async def drain(self) -> None:
+        """Waits for background work (turns being stored for recall) to finish.
+
+        Waits at most ``job_timeout`` for each pool job (see :meth:`Conversation.drain`).
+        """
+        for fut in self._take_futures():
+            await asyncio.wait([asyncio.wrap_future(fut)], timeout=self.job_timeout)
+        loop = asyncio.get_running_loop()
+        while True:
+            # Tasks of an event loop that has ended never finish: forget them.
+            self._tasks = {t for t in self._tasks if not t.done() and not t.get_loop().is_closed()}
+            mine = [t for t in self._tasks if t.get_loop() is loop]
+            if not mine:
+                return
+            await asyncio.gather(*mine, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Finishes background work, tries failed memory jobs once more, and closes.
+
+        Later calls raise :class:`~convmem.errors.UsageError`. Also done by ``async with``.
+        """
+        if self.closed:
+            return
+        async with self._hold("close"):
+            await self.drain()
+            self._retry_memory(everything=True)
+            await self.drain()
+            self.closed = True
+
+    async def __aenter__(self) -> AsyncConversation:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _spawn_observe(self, turns: Sequence[Turn]) -> None:
+        """Stores finished turns in the shared pool, so the reply returns without waiting."""
+        jobs = self._observe_jobs(turns)
+        ids = [t.id for t in turns]
+        self._spawn_local(jobs, ids)
+        llm = [j for j in jobs if isinstance(j, LLMJob)]
+        if llm:
+            self._spawn(self._run_jobs(None, llm, ids))
 
     # -- history ------------------------------------------------------------------------------
     async def load(self) -> AsyncConversation:
@@ -65,7 +160,7 @@ class AsyncConversation(_Core):
         Returns:
             The conversation, so ``conv = await AsyncConversation(..., store=s).load()``.
         """
-        async with self._lock:
+        async with self._hold("load"):
             await self._sync_store()
         return self
 
@@ -82,22 +177,24 @@ class AsyncConversation(_Core):
 
     async def extend(self, messages: Sequence[Any]) -> list[Turn]:
         """Appends existing messages without a call (see :meth:`Conversation.extend`)."""
-        async with self._lock:
+        async with self._hold("extend"):
+            self._check_open()
             await self._sync_store()
+            cancelled = None
             if self._link is not None:
                 checked = self.history.validate_new(messages)
                 outcome, cancelled = await self._link.write_async(self, checked)
                 turns = self._link.apply(self, checked, outcome)
-                if cancelled is not None:
-                    raise cancelled
             else:
                 turns = self.history.append(messages)
-            self._spawn(self._run_jobs(None, self._observe_jobs(turns)))
+            self._spawn_observe(turns)
+            if cancelled is not None:
+                raise cancelled
             return turns
 
     async def clear(self) -> None:
         """Starts over: forgets every turn and summary; the system prompt stays."""
-        async with self._lock:
+        async with self._hold("clear"):
             self._refuse_clear()
             await self.drain()
             self.history.clear()
@@ -109,29 +206,30 @@ class AsyncConversation(_Core):
     ) -> AsyncConversation:
         """Loads a conversation saved with :meth:`to_json` (see :meth:`Conversation.from_json`)."""
         conv = cls(client, **_load_kwargs(data, kwargs))
-        await conv._run_jobs(None, conv._observe_jobs(conv.history.turn_list()))
+        conv._spawn_observe(conv.history.turn_list())
         return conv
 
-    async def drain(self) -> None:
-        """Waits for background work (turns being stored for recall) to finish."""
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    async def prepare_next(self) -> Summary | None:
+        """Makes now the summary the next call would need (see ``Conversation.prepare_next``)."""
+        async with self._hold("prepare_next"):
+            await self.drain()
+            await self._sync_store()
+            request, jobs = self._next_request()
+            if not jobs:
+                return None
+            await self._run_jobs(request, jobs)
+            return self._keep_prepared(request)
 
     # -- calls --------------------------------------------------------------------------------
     async def preview(self, message: Any = None, **params: Any) -> ContextPlan:
         """The plan a call would send, without calling the model (see ``Conversation.preview``)."""
-        async with self._lock:
-            call = self._begin(message, params.pop("tools", None), None, None, params)
-            request = self._request(call)
+        call = self._begin(message, params.pop("tools", None), None, None, params)
+        async with self._hold("preview"):
             await self.drain()
-            jobs = [j for j in self._jobs(request) if isinstance(j, LocalJob)]
-            await self._run_jobs(request, jobs)
-            return self.strategy.build(request)
+            self._recheck(call)
+            request = self._request(call)
+            await self._run_jobs(request, self._preview_jobs(request))
+            return self._preview_plan(call, request)
 
     async def send(
         self,
@@ -158,28 +256,49 @@ class AsyncConversation(_Core):
         """Structured output; see :meth:`Conversation.parse`."""
         params["response_format"] = response_format
         call = self._begin(message, tools, choose, None, params)
-        return _parsed(await self._run(call, self.client.chat.completions.parse), choose)
+        return parsed(await self._run(call, self.client.chat.completions.parse), choose)
+
+    async def _start(self, call: _Call) -> None:
+        """First steps of a call, once it holds the conversation."""
+        await self.drain()
+        await self._sync_store()
+        self._recheck(call)
+        self._retry_memory()
+
+    async def _create(self, create: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        try:
+            return await create(**kwargs)
+        except json.JSONDecodeError as exc:
+            raise not_json(exc) from exc
+        except (AttributeError, TypeError) as exc:
+            # The SDK's parse() reads the reply before returning it: a body that is not a
+            # chat completion (HTML, null) fails inside the SDK, not in convmem's check.
+            if getattr(create, "__name__", "") != "parse":
+                raise
+            raise InvalidResponseError(f"parse() could not read it ({exc})") from exc
 
     async def _run(self, call: _Call, create: Callable[..., Any]) -> ChatCompletion:
-        async with self._lock:
-            await self.drain()
-            await self._sync_store()
-            while True:
-                request = self._request(call)
-                await self._run_jobs(request, self._jobs(request))
-                plan = self._build(call, request)
-                completion: ChatCompletion = await create(**self._kwargs(call, plan, stream=False))
-                tool_calls = self._on_completion(call, plan, completion)
-                if tool_calls is None:
-                    break
-                assert call.registry is not None
-                call.pending.extend(await call.registry.run_all_async(tool_calls))
-            turns, cancelled = await self._commit_async(call, completion)
+        async with self._hold("call"):
+            try:
+                await self._start(call)
+                while True:
+                    request = self._request(call)
+                    await self._run_jobs(request, self._jobs(request))
+                    plan = self._build(call, request)
+                    completion = await self._create(create, self._kwargs(call, plan, stream=False))
+                    tool_calls = self._on_completion(call, plan, completion)
+                    if tool_calls is None:
+                        break
+                    call.pending.extend(await self._run_tools(call, tool_calls))
+                turns, cancelled = await self._commit_async(call, completion)
+            except BaseException as exc:
+                self._failed(call, exc)
+                raise
             self.last_ttft = None
             self._after_commit(turns)
             if cancelled is not None:
                 raise cancelled
-            return completion
+            return completion  # type: ignore[no-any-return]
 
     async def _commit_async(
         self, call: _Call, completion: ChatCompletion
@@ -193,7 +312,7 @@ class AsyncConversation(_Core):
         return self._commit(call, completion, outcome), cancelled
 
     def _after_commit(self, turns: Sequence[Turn]) -> None:
-        self._spawn(self._run_jobs(None, self._observe_jobs(turns)))
+        self._spawn_observe(turns)
         if self.background_summary and isinstance(self.strategy, PreparingStrategy):
             self._spawn(self._prepare_next())
 
@@ -202,17 +321,6 @@ class AsyncConversation(_Core):
         if jobs:
             await self._run_jobs(request, jobs)
             self._keep_prepared(request)
-
-    async def prepare_next(self) -> Summary | None:
-        """Makes now the summary the next call would need (see ``Conversation.prepare_next``)."""
-        async with self._lock:
-            await self.drain()
-            await self._sync_store()
-            request, jobs = self._next_request()
-            if not jobs:
-                return None
-            await self._run_jobs(request, jobs)
-            return self._keep_prepared(request)
 
     def stream(
         self,
@@ -231,48 +339,76 @@ class AsyncConversation(_Core):
         return self._stream(call)
 
     async def _stream(self, call: _Call) -> AsyncIterator[StreamEvent]:
-        async with self._lock:
-            await self.drain()
-            await self._sync_store()
-            while True:
-                request = self._request(call)
-                await self._run_jobs(request, self._jobs(request))
-                plan = self._build(call, request)
-                asm = StreamAssembler(time.perf_counter())
-                response = await self.client.chat.completions.create(
-                    **self._kwargs(call, plan, stream=True)
-                )
-                try:
-                    async for chunk in response:
-                        for event in asm.feed(chunk):
-                            yield event
-                finally:
-                    await response.close()
-                completion = asm.finish()
-                tool_calls = self._on_completion(call, plan, completion)
-                if tool_calls is None:
-                    break
-                assert call.registry is not None
-                for tool_msg in await call.registry.run_all_async(tool_calls):
-                    call.pending.append(tool_msg)
-                    yield ToolResult(
-                        tool_msg["tool_call_id"], _tool_name(tool_calls, tool_msg), tool_msg
+        claim = await self._acquire("stream")
+        gate = self._gate
+        try:
+            try:
+                await self._start(call)
+                while True:
+                    request = self._request(call)
+                    await self._run_jobs(request, self._jobs(request))
+                    plan = self._build(call, request)
+                    asm = StreamAssembler(time.perf_counter())
+                    response = await self._create(
+                        self.client.chat.completions.create, self._kwargs(call, plan, stream=True)
                     )
-            turns, cancelled = await self._commit_async(call, completion)
+                    claim.response = response
+                    try:
+                        async for chunk in response:
+                            for event in asm.feed(chunk):
+                                gate.suspend(claim)
+                                yield event
+                                self._resume(claim, asm)
+                    except json.JSONDecodeError as exc:  # an SSE line that is not JSON
+                        raise not_json(exc) from exc
+                    finally:
+                        claim.response = None
+                        await _aclose_quietly(response)
+                    completion = asm.finish()
+                    tool_calls = self._on_completion(call, plan, completion)
+                    if tool_calls is None:
+                        break
+                    for tool_msg in await self._run_tools(call, tool_calls):
+                        call.pending.append(tool_msg)
+                        name = _tool_name(tool_calls, tool_msg)
+                        gate.suspend(claim)
+                        yield ToolResult(tool_msg["tool_call_id"], name, tool_msg)
+                        self._resume(claim, asm)
+                turns, cancelled = await self._commit_async(call, completion)
+            except BaseException as exc:
+                if not claim.cancelled:  # a closed stream must not overwrite a later call's state
+                    self._failed(call, exc)
+                raise
             self.last_ttft = asm.ttft
             self._after_commit(turns)
-            if cancelled is not None:
-                raise cancelled
-            assert call.final is not None
-            yield StreamEnd(completion, call.final, plan, asm.ttft, self.last_latency or 0.0)
+        finally:
+            gate.release(claim)
+        if cancelled is not None:
+            raise cancelled
+        assert call.final is not None
+        yield StreamEnd(completion, call.final, plan, asm.ttft, self.last_latency or 0.0)
 
-    async def _run_jobs(self, request: ContextRequest | None, jobs: Sequence[Job]) -> None:
+    # -- jobs and tools -----------------------------------------------------------------------
+    async def _run_jobs(
+        self, request: ContextRequest | None, jobs: Sequence[Job], turn_ids: Sequence[int] = ()
+    ) -> None:
         for job in jobs:
             if isinstance(job, LocalJob):
-                result = await asyncio.to_thread(_run_local, job)
+                result = await self._run_local(job)
             else:
                 result = await self._run_llm_job(job)
-            self._record_job(request, job, result)
+            self._record_job(request, job, result, turn_ids)
+
+    async def _run_local(self, job: LocalJob) -> JobResult:
+        if not self._warm():
+            # Once per strategy, on the loop's thread: its imports must not race (issue 7.2).
+            return self._cold_or_inline(job)
+        fut = asyncio.wrap_future(POOL.submit(partial(_run_local, job)))
+        done, _ = await asyncio.wait([fut], timeout=self.job_timeout)
+        if not done:
+            assert self.job_timeout is not None
+            return _timed_out(job, self.job_timeout)
+        return fut.result()
 
     async def _run_llm_job(self, job: LLMJob) -> JobResult:
         client, kwargs = self._job_call(job)
@@ -289,3 +425,38 @@ class AsyncConversation(_Core):
             return JobResult(value=value, seconds=time.perf_counter() - t0, model=model)
         except Exception as exc:  # the strategy falls back; cancellation still propagates
             return JobResult(error=exc, seconds=time.perf_counter() - t0, model=model)
+
+    async def _run_tools(
+        self, call: _Call, tool_calls: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        registry = call.registry
+        assert registry is not None
+        if self.tool_timeout is None:
+            return await registry.run_all_async(tool_calls)
+
+        async def one(tool_call: dict[str, Any]) -> dict[str, Any]:
+            tool = registry.get(_call_name(tool_call))
+            if tool is not None and tool.fn is not None and not tool.is_async:
+                # A daemon thread, not asyncio.to_thread: a hung tool there would keep
+                # asyncio.run() from returning (it waits for the loop's executor).
+                thread = start_daemon(partial(registry.run_sync, tool_call), tool.name)
+                return await asyncio.wrap_future(thread)
+            return await registry.run_async(tool_call)
+
+        tasks = [asyncio.ensure_future(one(tc)) for tc in tool_calls]
+        _, pending = await asyncio.wait(tasks, timeout=self.tool_timeout)
+        if pending:
+            for task in pending:
+                task.cancel()
+            slow = tool_calls[tasks.index(next(iter(pending)))]
+            raise ToolTimeoutError(_call_name(slow), self.tool_timeout)
+        return [t.result() for t in tasks]
+
+
+async def _aclose_quietly(response: Any) -> None:
+    close = getattr(response, "close", None)
+    if callable(close):
+        with suppress(Exception):  # closing what failed must not hide why it failed
+            result = close()
+            if inspect.isawaitable(result):
+                await result

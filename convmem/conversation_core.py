@@ -9,23 +9,33 @@ requests and leave identical state.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from openai.types.chat import ChatCompletion
 
 from . import _check
-from .errors import ToolRoundsExceededError, UsageError
+from ._check import optional, positive_number
+from .background import (
+    JobResult,
+    PendingMemory,
+    _Background,
+    _is_warm,
+)
+from .errors import StreamAbandonedError, ToolRoundsExceededError, UsageError
+from .gate import _Gate
 from .history import History, Summary, Turn, load_conversation
-from .messages import Message, open_tool_call_ids, repair_value, user_message
+from .messages import Message, open_tool_call_ids, user_message
 from .models import resolve_context_window
 from .plan import ContextPlan
 from .plot import CallRecord
 from .redact import describe_error, remember_client
+from .replies import Chooser, assistant_message, check_completion
 from .stores.link import Outcome, StoreLink
 from .strategy import (
     Budget,
@@ -36,6 +46,7 @@ from .strategy import (
     LocalJob,
     Strategy,
 )
+from .streaming import StreamAssembler
 from .tokens import TokenCounter, UsageCalibrator, default_counter
 from .tools import ToolRegistry
 from .usage import Usage
@@ -44,35 +55,14 @@ from .usage import Usage
 #: window, capped at 4,096 tokens.
 DEFAULT_MAX_REPLY_RESERVE = 4096
 DEFAULT_MAX_TOOL_ROUNDS = 8
-
+#: Seconds a strategy job (an embedding query, a vector search, storing turns) may take before
+#: the call goes on without it (the strategy falls back and the plan says so).
+DEFAULT_JOB_TIMEOUT = 60.0
 _RESERVED_PARAMS = {
     "messages": "the conversation builds messages; pass the new user message to send()",
     "model": "the model is set on the conversation (Conversation(client, model=...))",
     "stream": "use conv.stream(...) for streaming",
 }
-
-Chooser = Callable[[ChatCompletion], int]
-
-
-@dataclass
-class JobResult:
-    """The outcome of a strategy job, handed back in ``ContextRequest.results``.
-
-    Attributes:
-        value: What the job returned (a ``ChatCompletion`` for an :class:`LLMJob`).
-        error: The exception, when it failed.
-        seconds: How long it took.
-        model: For LLM jobs, the model it went to.
-    """
-
-    value: Any = None
-    error: BaseException | None = None
-    seconds: float = 0.0
-    model: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 @dataclass
@@ -85,9 +75,11 @@ class _Call:
     choose: Chooser | None
     max_tool_rounds: int
     budget_reserve: int
+    continues: bool = False
     rounds: int = 0
     final: Message | None = None
     plans: list[ContextPlan] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -96,7 +88,7 @@ def default_reply_reserve(context_window: int) -> int:
     return max(1, min(DEFAULT_MAX_REPLY_RESERVE, context_window // 8))
 
 
-class _Core:
+class _Core(_Background):
     """Everything both conversation classes share. No I/O happens here."""
 
     #: Load a stored conversation in the constructor (the async class loads at its first call).
@@ -116,10 +108,14 @@ class _Core:
         max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
         conversation_id: str | None = None,
         history: History | None = None,
+        job_timeout: float | None = DEFAULT_JOB_TIMEOUT,
+        tool_timeout: float | None = None,
         store: Any = None,
         on_conflict: str = "append",
         save_plan: bool = False,
     ) -> None:
+        self.job_timeout = optional(positive_number, "job_timeout", job_timeout)
+        self.tool_timeout = optional(positive_number, "tool_timeout", tool_timeout)
         if not isinstance(model, str) or not model:
             raise UsageError("model must be a non-empty string")
         if strategy is not None:
@@ -171,10 +167,23 @@ class _Core:
         self.last_completion: ChatCompletion | None = None
         self.last_ttft: float | None = None
         self.last_latency: float | None = None
+        self.last_error: BaseException | None = None
         #: One small record per API call (numbers only), what :meth:`plot` draws.
         self.call_log: list[CallRecord] = []
+        self.closed = False
+        self._gate = _Gate()
+        self._memory_lock = threading.Lock()
+        self._memory: list[PendingMemory] = []
+        self._futures: list[Future[None]] = []
+        self._touch_client()
         if self._link is not None and self._load_on_init:
             self._link.attach(self, stored)
+
+    def _touch_client(self) -> None:
+        # The SDK builds its resource objects lazily, importing modules on first use: do it
+        # here, on the constructing thread, not later while a worker thread imports a backend.
+        chat = getattr(self.client, "chat", None)
+        getattr(chat, "completions", None)
 
     # -- public, I/O-free -----------------------------------------------------------------------
     @property
@@ -249,21 +258,10 @@ class _Core:
             if max_tool_rounds is None
             else _check.non_negative_int("max_tool_rounds", max_tool_rounds)
         )
+        self._check_open()
         if message is None:
             pending: list[Message] = []
-            turns = self.history.turn_list()
-            if not turns:
-                raise UsageError("nothing to send: the history is empty and no message was given")
-            last = turns[-1].messages[-1]
-            if open_tool_call_ids(turns[-1].messages):
-                raise UsageError(
-                    "the last assistant message has tool calls without replies: add the tool "
-                    "messages with extend() before calling send() with no message"
-                )
-            if last.get("role") == "assistant":
-                raise UsageError(
-                    "nothing to send: the last message is the assistant's; give a user message"
-                )
+            self._check_continuation()
         else:
             pending = self.history.validate_new([user_message(message)])
         for key in ("max_completion_tokens", "max_tokens"):
@@ -285,7 +283,49 @@ class _Core:
             choose=choose,
             max_tool_rounds=rounds,
             budget_reserve=int(reserve) if reserve else self.reply_reserve,
+            continues=message is None,
         )
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise UsageError(f"this {type(self).__name__} is closed")
+
+    def _warm(self) -> bool:
+        return _is_warm(self.strategy)
+
+    def _preview_jobs(self, request: ContextRequest) -> list[Job]:
+        """The jobs a preview runs: local ones only (no summariser call is made)."""
+        return [j for j in self._jobs(request) if isinstance(j, LocalJob)]
+
+    def _preview_plan(self, call: _Call, request: ContextRequest) -> ContextPlan:
+        plan = self.strategy.build(request)
+        plan.notes.extend(call.notes)
+        return plan
+
+    def _check_continuation(self) -> None:
+        turns = self.history.turn_list()
+        if not turns:
+            raise UsageError("nothing to send: the history is empty and no message was given")
+        last = turns[-1].messages[-1]
+        if open_tool_call_ids(turns[-1].messages):
+            raise UsageError(
+                "the last assistant message has tool calls without replies: add the tool "
+                "messages with extend() before calling send() with no message"
+            )
+        if last.get("role") == "assistant":
+            raise UsageError(
+                "nothing to send: the last message is the assistant's; give a user message"
+            )
+
+    def _recheck(self, call: _Call) -> None:
+        """Validates the call again once it holds the conversation: another call may have
+        committed since ``_begin`` (two ``send()`` continuations must not both answer)."""
+        self._check_open()
+        if call.continues:
+            self._check_continuation()
+        else:
+            self.history.validate_new(call.pending[:1])
+        call.notes = self._memory_notes()
 
     def _request(self, call: _Call) -> ContextRequest:
         budget = Budget(
@@ -311,15 +351,15 @@ class _Core:
         prepare = getattr(self.strategy, "prepare", None)
         return prepare(request) if callable(prepare) else ()
 
-    def _record_job(self, request: ContextRequest | None, job: Job, result: JobResult) -> None:
+    def _record_job(
+        self,
+        request: ContextRequest | None,
+        job: Job,
+        result: JobResult,
+        turn_ids: Sequence[int] = (),
+    ) -> None:
         if request is None:
-            # Background work (storing turns): nobody waits for it, so say when it fails.
-            if result.error is not None:
-                warnings.warn(
-                    f"convmem background job {job.key!r} failed: {describe_error(result.error)}",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+            self._remember(job, result, tuple(turn_ids))
         else:
             request.results[job.key] = result
         if isinstance(job, LLMJob):
@@ -335,8 +375,18 @@ class _Core:
             # A summary is a derived record of committed turns: it is kept even if the call
             # then fails, so the next call does not pay for it again. Messages are untouched.
             self.history.add_summary(plan.new_summary)
+        plan.notes.extend(call.notes)
         call.plans.append(plan)
+        # Set before the request goes out, so after a failure it is the failed call's plan.
+        self.last_plan = plan
         return plan
+
+    def _failed(self, call: _Call, exc: BaseException) -> None:
+        """Records a failed call: nothing was committed; ``last_plan`` is its last plan."""
+        self.last_error = exc
+        self.last_plan = call.plans[-1] if call.plans else None
+        if self.last_plan is not None:
+            self.last_plan.notes.append(f"call failed, nothing committed: {describe_error(exc)}")
 
     def _kwargs(self, call: _Call, plan: ContextPlan, *, stream: bool) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"model": self.model, "messages": plan.messages}
@@ -352,21 +402,19 @@ class _Core:
         self, call: _Call, plan: ContextPlan, completion: ChatCompletion
     ) -> list[dict[str, Any]] | None:
         """Accounts for a response; returns the tool calls convmem must run, or None when done."""
+        check_completion(completion)
         usage = completion.usage
         self.usage.add_completion(usage)
         if usage is not None and usage.prompt_tokens:
             plan.reported_prompt_tokens = int(usage.prompt_tokens)
             self.calibrator.observe(self.model, plan.estimated_tokens, int(usage.prompt_tokens))
-        self.last_plan = plan
         self.call_log.append(CallRecord.from_plan(plan, self.history))
-        if not completion.choices:
-            raise UsageError("the server returned no choices")
         index = call.choose(completion) if call.choose else 0
         if not isinstance(index, int) or not 0 <= index < len(completion.choices):
             raise UsageError(
                 f"choose= returned {index!r}; expected an index below {len(completion.choices)}"
             )
-        message = _assistant_message(completion.choices[index].message)
+        message = assistant_message(completion.choices[index].message)
         tool_calls = message.get("tool_calls") or []
         if tool_calls and call.registry is not None and call.registry.can_run_all(tool_calls):
             if call.rounds >= call.max_tool_rounds:
@@ -387,6 +435,7 @@ class _Core:
         else:
             turns = self.history.append(messages)
         self.last_completion = completion
+        self.last_error = None
         self.last_latency = time.perf_counter() - call.started
         return turns
 
@@ -458,35 +507,23 @@ def _load_kwargs(data: str | Mapping[str, Any], kwargs: dict[str, Any]) -> dict[
     return {**kwargs, "model": model, "conversation_id": conversation_id, "history": history}
 
 
-def _parsed(completion: ChatCompletion, choose: Chooser | None) -> Any:
-    index = choose(completion) if choose else 0
-    return getattr(completion.choices[index].message, "parsed", None)
-
-
-def _assistant_message(msg: Any) -> Message:
-    data: Message = msg.model_dump(exclude_none=True, exclude={"parsed"}, warnings=False)
-    if not data.get("annotations"):
-        data.pop("annotations", None)
-    data["role"] = "assistant"
-    if data.get("tool_calls"):
-        data.setdefault("content", None)
-    elif "content" not in data:
-        data["content"] = ""
-    # A lone surrogate in a reply would poison the next tool round and the history: U+FFFD.
-    repaired: Message = repair_value(data)
-    return repaired
-
-
-def _run_local(job: LocalJob) -> JobResult:
-    t0 = time.perf_counter()
-    try:
-        return JobResult(value=job.fn(), seconds=time.perf_counter() - t0)
-    except Exception as exc:  # a store failure must not lose the call; the strategy decides
-        return JobResult(error=exc, seconds=time.perf_counter() - t0)
-
-
 def _tool_name(tool_calls: Sequence[Mapping[str, Any]], tool_msg: Mapping[str, Any]) -> str:
     for call in tool_calls:
         if call.get("id") == tool_msg.get("tool_call_id"):
             return str(call.get("function", {}).get("name", ""))
     return ""
+
+
+def _call_name(tool_call: Mapping[str, Any]) -> str:
+    function = tool_call.get("function")
+    name = function.get("name") if isinstance(function, Mapping) else None
+    return name if isinstance(name, str) else "?"
+
+
+def _abandoned(asm: StreamAssembler) -> StreamAbandonedError:
+    return StreamAbandonedError(
+        "this stream was closed because a later call on the conversation started while the "
+        "stream waited for its consumer; nothing of it was committed (finish or close() a "
+        "stream before the next call)",
+        partial=asm.partial_text,
+    )

@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from functools import partial
 from typing import Any
 
+import openai
 from openai.types.chat import ChatCompletion
 
+from .background import JobResult, _run_local, _timed_out
 from .conversation_core import (
-    Chooser,
-    JobResult,
+    _abandoned,
     _Call,
+    _call_name,
     _Core,
     _load_kwargs,
-    _parsed,
-    _run_local,
     _tool_name,
 )
+from .errors import InvalidResponseError, ToolTimeoutError, UsageError
 from .events import StreamEnd, StreamEvent, ToolResult
+from .gate import _busy_error, _Claim
 from .history import Summary, Turn
 from .plan import ContextPlan
+from .replies import Chooser, not_json, parsed
 from .strategy import ContextRequest, Job, LLMJob, LocalJob
 from .streaming import StreamAssembler
+from .workers import POOL, start_daemon
 
 
 class Conversation(_Core):
@@ -52,6 +58,14 @@ class Conversation(_Core):
         max_tool_rounds: How many rounds of registered tool calls one send may run.
         conversation_id: Identifies this conversation in shared stores (random by default).
         history: Start from an existing :class:`~convmem.history.History`.
+        job_timeout: Seconds a strategy's local job (an embedding query, a vector search) may
+            take before the call goes on without it (the strategy falls back; the plan says
+            so). None waits for ever. The first job of a strategy runs on the calling thread
+            without a limit, so that the packages it imports never race another thread.
+        tool_timeout: Seconds a tool convmem runs may take; then the call fails with
+            :class:`~convmem.errors.ToolTimeoutError` and nothing is committed. With a limit,
+            tools run in their own thread. None (the default) runs them on the calling
+            thread with no limit.
         store: A :class:`~convmem.stores.Store` (e.g. ``SQLiteStore("chats.db")``): the
             conversation ``conversation_id`` is resumed from it when it exists and created
             otherwise, and every committed turn is written to it (see "Durable conversations"
@@ -62,37 +76,103 @@ class Conversation(_Core):
         save_plan: With a store, also keep each call's :class:`~convmem.plan.ContextPlan`
             (``StoredConversation.state["last_plan"]``); off by default, plans are large.
 
+    One call runs at a time. A stream holds the conversation only while it works, never
+    while its consumer has an event: a later call from the same thread (after a ``break``
+    or Ctrl-C left the iterator in a variable) closes the unfinished stream, which commits
+    nothing and raises :class:`~convmem.errors.StreamAbandonedError` if iterated again.
+    After a call fails, :attr:`last_plan` is the plan of its last request (with a note that
+    says it failed), or None when it failed before a plan was built; :attr:`last_error`
+    holds the exception. Background memory work (storing turns for recall) runs in one pool
+    shared by all conversations; ``close()`` (or ``with Conversation(...) as conv:``) waits
+    for it.
+
     Raises:
         UnknownModelError: the model's window is unknown and ``context_window`` is not given.
+        UsageError: ``client`` is an ``openai.AsyncOpenAI`` (use :class:`AsyncConversation`).
     """
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
+        if isinstance(client, openai.AsyncOpenAI):
+            raise UsageError(
+                "Conversation needs a blocking openai.OpenAI client, got an AsyncOpenAI: "
+                "use AsyncConversation(client, ...) with an async client"
+            )
         super().__init__(client, **kwargs)
-        self._lock = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
-        self._background: list[Future[None]] = []
 
+    # -- holding the conversation -------------------------------------------------------------
+    def _acquire(self, kind: str) -> _Claim:
+        claim = _Claim(kind, threading.current_thread())
+        gate = self._gate
+        with gate.cond:
+            while True:
+                holder = gate.holder
+                state, victim = gate.try_take(claim)
+                if state in ("free", "take"):
+                    break
+                if state == "busy":
+                    raise _busy_error(holder.kind if holder else kind)
+                gate.cond.wait(0.1)  # wake up to notice a consumer that went away
+        if victim is not None:
+            _close_quietly(victim.response)
+        return claim
+
+    @contextmanager
+    def _hold(self, kind: str) -> Iterator[_Claim]:
+        claim = self._acquire(kind)
+        try:
+            yield claim
+        finally:
+            self._gate.release(claim)
+
+    def _hand_over(
+        self, claim: _Claim, event: StreamEvent, asm: StreamAssembler
+    ) -> Iterator[StreamEvent]:
+        """Yields one event to the consumer, holding nothing while it has it."""
+        self._gate.suspend(claim)
+        yield event
+        if not self._gate.resume(claim, threading.current_thread()):
+            raise _abandoned(asm)
+
+    # -- background work and closing ----------------------------------------------------------
     def drain(self) -> None:
-        """Waits for background work (turns being stored for recall) to finish."""
-        pending, self._background = self._background, []
-        for fut in pending:
-            fut.result()
+        """Waits for background work (turns being stored for recall) to finish.
+
+        Waits at most ``job_timeout`` for each job; a job still running then records its
+        outcome when it ends (a failure goes to :attr:`pending_memory`).
+        """
+        for fut in self._take_futures():
+            with suppress(TimeoutError):
+                fut.result(self.job_timeout)
 
     def close(self) -> None:
-        """Finishes background work and stops the worker thread (also done at exit)."""
-        self.drain()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        """Finishes background work, tries failed memory jobs once more, and closes.
+
+        Later calls raise :class:`~convmem.errors.UsageError`. Also done by ``with``.
+        """
+        if self.closed:
+            return
+        with self._hold("close"):
+            self.drain()
+            self._retry_memory(everything=True)
+            self.drain()
+            self.closed = True
+
+    def __enter__(self) -> Conversation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _spawn_observe(self, turns: Sequence[Turn]) -> None:
-        """Stores finished turns in a worker thread, so the reply returns without waiting."""
+        """Stores finished turns in the shared pool, so the reply returns without waiting."""
         jobs = self._observe_jobs(turns)
-        if not jobs:
-            return
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convmem")
-        self._background.append(self._executor.submit(self._run_jobs, None, jobs))
+        ids = [t.id for t in turns]
+        self._spawn_local(jobs, ids)
+        llm = [j for j in jobs if isinstance(j, LLMJob)]
+        if llm:
+            fut = POOL.submit(lambda: self._run_jobs(None, llm, ids))
+            with self._memory_lock:
+                self._futures.append(fut)
 
     # -- history ------------------------------------------------------------------------------
     def extend(self, messages: Sequence[Any]) -> list[Turn]:
@@ -101,7 +181,8 @@ class Conversation(_Core):
         Raises:
             InvalidMessageError: a message is invalid; nothing is appended.
         """
-        with self._lock:
+        with self._hold("extend"):
+            self._check_open()
             if self._link is not None:
                 turns = self._link.write_messages(self, self.history.validate_new(messages))
             else:
@@ -111,7 +192,7 @@ class Conversation(_Core):
 
     def clear(self) -> None:
         """Starts over: forgets every turn and summary; the system prompt stays."""
-        with self._lock:
+        with self._hold("clear"):
             self._refuse_clear()
             self.drain()
             self.history.clear()
@@ -124,7 +205,8 @@ class Conversation(_Core):
         The data is not trusted: it is validated fully before anything is built, and any
         problem raises :class:`~convmem.errors.InvalidHistoryError` naming the field. Pass
         ``conversation_id=`` to pin the id (recommended for files from elsewhere: the id decides
-        whose turns a shared recall store holds); a file that names another id is refused.
+        whose turns a shared recall store holds); a file that names another id is refused. The
+        strategy observes the loaded turns in the background (e.g. stores them for recall).
         """
         conv = cls(client, **_load_kwargs(data, kwargs))
         conv._spawn_observe(conv.history.turn_list())
@@ -137,7 +219,7 @@ class Conversation(_Core):
         turn by turn (the benchmarks do). Returns the new summary, or None when none was due
         (or the summariser failed; it is retried at the next call).
         """
-        with self._lock:
+        with self._hold("prepare_next"):
             self.drain()
             request, jobs = self._next_request()
             if not jobs:
@@ -151,13 +233,13 @@ class Conversation(_Core):
 
         Summariser calls are not made; a plan that would need one says so in its notes.
         """
-        with self._lock:
+        call = self._begin(message, params.pop("tools", None), None, None, params)
+        with self._hold("preview"):
             self.drain()
-            call = self._begin(message, params.pop("tools", None), None, None, params)
+            self._recheck(call)
             request = self._request(call)
-            jobs = [j for j in self._jobs(request) if isinstance(j, LocalJob)]
-            self._run_jobs(request, jobs)
-            return self.strategy.build(request)
+            self._run_jobs(request, self._preview_jobs(request))
+            return self._preview_plan(call, request)
 
     def send(
         self,
@@ -186,6 +268,7 @@ class Conversation(_Core):
         Raises:
             UsageError: invalid input (before any network call).
             ContextOverflowError: the strategy cannot fit the context.
+            InvalidResponseError: the reply is not a usable chat completion.
             openai.APIError: the API call failed. The history is unchanged.
         """
         call = self._begin(message, tools, choose, max_tool_rounds, params)
@@ -208,27 +291,48 @@ class Conversation(_Core):
         """
         params["response_format"] = response_format
         call = self._begin(message, tools, choose, None, params)
-        return _parsed(self._run(call, self.client.chat.completions.parse), choose)
+        return parsed(self._run(call, self.client.chat.completions.parse), choose)
+
+    def _start(self, call: _Call) -> None:
+        """First steps of a call, once it holds the conversation."""
+        self.drain()
+        if self._link is not None:  # turns other processes committed meanwhile
+            self._link.catch_up(self, self._link.fetch())
+        self._recheck(call)
+        self._retry_memory()
+
+    def _create(self, create: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        try:
+            return create(**kwargs)
+        except json.JSONDecodeError as exc:
+            raise not_json(exc) from exc
+        except (AttributeError, TypeError) as exc:
+            # The SDK's parse() reads the reply before returning it: a body that is not a
+            # chat completion (HTML, null) fails inside the SDK, not in convmem's check.
+            if getattr(create, "__name__", "") != "parse":
+                raise
+            raise InvalidResponseError(f"parse() could not read it ({exc})") from exc
 
     def _run(self, call: _Call, create: Callable[..., Any]) -> ChatCompletion:
-        with self._lock:
-            self.drain()
-            if self._link is not None:  # turns other processes committed meanwhile
-                self._link.catch_up(self, self._link.fetch())
-            while True:
-                request = self._request(call)
-                self._run_jobs(request, self._jobs(request))
-                plan = self._build(call, request)
-                completion: ChatCompletion = create(**self._kwargs(call, plan, stream=False))
-                tool_calls = self._on_completion(call, plan, completion)
-                if tool_calls is None:
-                    break
-                assert call.registry is not None
-                call.pending.extend(call.registry.run_all_sync(tool_calls))
-            turns = self._commit(call, completion, self._store_write(call))
+        with self._hold("call"):
+            try:
+                self._start(call)
+                while True:
+                    request = self._request(call)
+                    self._run_jobs(request, self._jobs(request))
+                    plan = self._build(call, request)
+                    completion = self._create(create, self._kwargs(call, plan, stream=False))
+                    tool_calls = self._on_completion(call, plan, completion)
+                    if tool_calls is None:
+                        break
+                    call.pending.extend(self._run_tools(call, tool_calls))
+                turns = self._commit(call, completion, self._store_write(call))
+            except BaseException as exc:
+                self._failed(call, exc)
+                raise
             self.last_ttft = None
             self._spawn_observe(turns)
-            return completion
+            return completion  # type: ignore[no-any-return]
 
     def stream(
         self,
@@ -252,43 +356,65 @@ class Conversation(_Core):
         return self._stream(call)
 
     def _stream(self, call: _Call) -> Iterator[StreamEvent]:
-        with self._lock:
-            self.drain()
-            if self._link is not None:  # turns other processes committed meanwhile
-                self._link.catch_up(self, self._link.fetch())
-            while True:
-                request = self._request(call)
-                self._run_jobs(request, self._jobs(request))
-                plan = self._build(call, request)
-                asm = StreamAssembler(time.perf_counter())
-                response = self.client.chat.completions.create(
-                    **self._kwargs(call, plan, stream=True)
-                )
-                try:
-                    for chunk in response:
-                        yield from asm.feed(chunk)
-                finally:
-                    response.close()
-                completion = asm.finish()
-                tool_calls = self._on_completion(call, plan, completion)
-                if tool_calls is None:
-                    break
-                assert call.registry is not None
-                for tool_msg in call.registry.run_all_sync(tool_calls):
-                    call.pending.append(tool_msg)
-                    yield ToolResult(
-                        tool_msg["tool_call_id"], _tool_name(tool_calls, tool_msg), tool_msg
+        claim = self._acquire("stream")
+        try:
+            try:
+                self._start(call)
+                while True:
+                    request = self._request(call)
+                    self._run_jobs(request, self._jobs(request))
+                    plan = self._build(call, request)
+                    asm = StreamAssembler(time.perf_counter())
+                    response = self._create(
+                        self.client.chat.completions.create, self._kwargs(call, plan, stream=True)
                     )
-            turns = self._commit(call, completion, self._store_write(call))
+                    claim.response = response
+                    try:
+                        for chunk in response:
+                            for event in asm.feed(chunk):
+                                yield from self._hand_over(claim, event, asm)
+                    except json.JSONDecodeError as exc:  # an SSE line that is not JSON
+                        raise not_json(exc) from exc
+                    finally:
+                        claim.response = None
+                        _close_quietly(response)
+                    completion = asm.finish()
+                    tool_calls = self._on_completion(call, plan, completion)
+                    if tool_calls is None:
+                        break
+                    for tool_msg in self._run_tools(call, tool_calls):
+                        call.pending.append(tool_msg)
+                        name = _tool_name(tool_calls, tool_msg)
+                        result = ToolResult(tool_msg["tool_call_id"], name, tool_msg)
+                        yield from self._hand_over(claim, result, asm)
+                turns = self._commit(call, completion, self._store_write(call))
+            except BaseException as exc:
+                if not claim.cancelled:  # a closed stream must not overwrite a later call's state
+                    self._failed(call, exc)
+                raise
             self.last_ttft = asm.ttft
             self._spawn_observe(turns)
-            assert call.final is not None
-            yield StreamEnd(completion, call.final, plan, asm.ttft, self.last_latency or 0.0)
+        finally:
+            self._gate.release(claim)
+        assert call.final is not None
+        yield StreamEnd(completion, call.final, plan, asm.ttft, self.last_latency or 0.0)
 
-    def _run_jobs(self, request: ContextRequest | None, jobs: Sequence[Job]) -> None:
+    # -- jobs and tools -----------------------------------------------------------------------
+    def _run_jobs(
+        self, request: ContextRequest | None, jobs: Sequence[Job], turn_ids: Sequence[int] = ()
+    ) -> None:
         for job in jobs:
-            result = _run_local(job) if isinstance(job, LocalJob) else self._run_llm_job(job)
-            self._record_job(request, job, result)
+            result = self._run_local(job) if isinstance(job, LocalJob) else self._run_llm_job(job)
+            self._record_job(request, job, result, turn_ids)
+
+    def _run_local(self, job: LocalJob) -> JobResult:
+        if self.job_timeout is None or not self._warm():
+            return self._cold_or_inline(job)
+        fut = POOL.submit(lambda: _run_local(job))
+        try:
+            return fut.result(self.job_timeout)
+        except TimeoutError:
+            return _timed_out(job, self.job_timeout)
 
     def _run_llm_job(self, job: LLMJob) -> JobResult:
         client, kwargs = self._job_call(job)
@@ -298,3 +424,24 @@ class Conversation(_Core):
             return JobResult(value=value, seconds=time.perf_counter() - t0, model=kwargs["model"])
         except Exception as exc:  # the strategy falls back; KeyboardInterrupt still propagates
             return JobResult(error=exc, seconds=time.perf_counter() - t0, model=kwargs["model"])
+
+    def _run_tools(self, call: _Call, tool_calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        registry = call.registry
+        assert registry is not None
+        if self.tool_timeout is None:
+            return registry.run_all_sync(tool_calls)
+        out = []
+        for tool_call in tool_calls:
+            future = start_daemon(partial(registry.run_sync, tool_call), _call_name(tool_call))
+            try:
+                out.append(future.result(self.tool_timeout))
+            except TimeoutError:
+                raise ToolTimeoutError(_call_name(tool_call), self.tool_timeout) from None
+        return out
+
+
+def _close_quietly(response: Any) -> None:
+    close = getattr(response, "close", None)
+    if callable(close):
+        with suppress(Exception):  # closing what failed must not hide why it failed
+            close()

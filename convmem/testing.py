@@ -190,7 +190,8 @@ class _Counters:
 class FakeChatServer:
     """A scripted OpenAI-compatible chat-completions endpoint, faked at the HTTP transport.
 
-    Queue replies with :meth:`reply`, :meth:`reply_json`, :meth:`error`, :meth:`timeout`,
+    Queue replies with :meth:`reply`, :meth:`reply_json`, :meth:`reply_raw`, :meth:`error`,
+    :meth:`timeout`,
     :meth:`disconnect`, :meth:`cut_stream` and :meth:`respond_with` (each returns the server,
     so calls chain); get SDK clients wired to it with :meth:`client` and :meth:`async_client`.
     Each request to ``.../chat/completions`` consumes one queued item, in order, whether it
@@ -306,6 +307,29 @@ class FakeChatServer:
             The server, so calls chain.
         """
         return self.reply(json.dumps(obj), **kw)
+
+    def reply_raw(
+        self, body: str | bytes, *, status: int = 200, content_type: str = "application/json"
+    ) -> FakeChatServer:
+        """Queue a reply sent byte for byte, e.g. a 200 that is not a chat completion.
+
+        For the replies real proxies and servers send by mistake: an HTML error page,
+        ``null``, ``{"choices": []}``, a truncated JSON body. convmem raises
+        :class:`~convmem.errors.InvalidResponseError` for them before acting on the reply.
+
+        Args:
+            body: The response body.
+            status: HTTP status.
+            content_type: The ``content-type`` header.
+
+        Returns:
+            The server, so calls chain.
+        """
+        data = body.encode() if isinstance(body, str) else bytes(body)
+        headers = {"content-type": content_type}
+        return self.respond_with(
+            lambda _body: httpx2.Response(status, headers=headers, content=data)
+        )
 
     def error(
         self,

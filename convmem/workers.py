@@ -1,0 +1,134 @@
+"""One shared pool of worker threads for the background memory work of every conversation.
+
+Storing turns for recall, and strategy jobs that run with a timeout, go to this pool instead of
+a thread per conversation (500 conversations used to make 501 threads). Workers are daemon
+threads, started on demand up to :data:`MAX_WORKERS` and stopped after a minute idle, so a job
+that hangs (an embedder, a Chroma server) can never keep the process from exiting; at exit the
+pool waits up to :data:`EXIT_WAIT_SECONDS` for queued work (turns being stored) to finish.
+"""
+
+from __future__ import annotations
+
+import atexit
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: Most worker threads the pool runs at once (all conversations together).
+MAX_WORKERS = 8
+#: How long the interpreter waits at exit for queued background work.
+EXIT_WAIT_SECONDS = 10.0
+_IDLE_SECONDS = 60.0
+
+
+class WorkerPool:
+    """A small pool of daemon threads (``concurrent.futures`` joins its threads at exit, so one
+    hung job there would hang the interpreter's exit)."""
+
+    def __init__(self, max_workers: int = MAX_WORKERS, name: str = "convmem") -> None:
+        self.max_workers = max_workers
+        self.name = name
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._cond = threading.Condition()
+        self._threads: set[threading.Thread] = set()
+        self._idle = 0
+        self._unfinished = 0
+
+    @property
+    def threads(self) -> int:
+        """Worker threads alive now."""
+        with self._cond:
+            return len(self._threads)
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        """Runs ``fn()`` in a worker; its result or exception is in the returned future."""
+        fut: Future[T] = Future()
+        with self._cond:
+            self._unfinished += 1
+            start = self._idle == 0 and len(self._threads) < self.max_workers
+            if start:
+                t = threading.Thread(
+                    target=self._work, name=f"{self.name}-{len(self._threads)}", daemon=True
+                )
+                self._threads.add(t)
+            else:
+                self._idle -= 1  # that worker is taken; the next submit will not count on it
+        self._queue.put((fut, fn))
+        if start:
+            t.start()
+        return fut
+
+    def _work(self) -> None:
+        me = threading.current_thread()
+        while True:
+            try:
+                item = self._queue.get(timeout=_IDLE_SECONDS)
+            except queue.Empty:
+                with self._cond:
+                    if self._idle > 0:
+                        self._idle -= 1
+                        self._threads.discard(me)
+                        return
+                continue
+            if item is None:  # pragma: no cover - not used; kept for shutdown symmetry
+                return
+            fut, fn = item
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn())
+                except BaseException as exc:  # the caller sees it through the future
+                    fut.set_exception(exc)
+            with self._cond:
+                self._unfinished -= 1
+                self._idle += 1
+                self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Waits until no job is queued or running; False when ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._unfinished:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+
+#: The pool every conversation shares.
+POOL = WorkerPool()
+
+
+@atexit.register
+def _finish_at_exit() -> None:
+    POOL.wait_idle(EXIT_WAIT_SECONDS)
+
+
+def start_daemon(fn: Callable[[], T], name: str) -> Future[T]:
+    """Runs ``fn()`` in a fresh daemon thread; its outcome is in the returned future.
+
+    Used for tools under ``tool_timeout``: a fresh thread, so a tool that hangs does not take a
+    pool worker for good, and a daemon, so it cannot keep the process from exiting (Python
+    cannot stop a thread; after the timeout it is left to finish on its own).
+    """
+    fut: Future[T] = Future()
+
+    def run() -> None:
+        if fut.set_running_or_notify_cancel():
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+    threading.Thread(target=run, name=f"convmem-tool-{name}", daemon=True).start()
+    return fut
+
+
+__all__ = ["EXIT_WAIT_SECONDS", "MAX_WORKERS", "POOL", "WorkerPool", "start_daemon"]
