@@ -365,6 +365,14 @@ class History:
         Raises:
             InvalidMessageError: any message is invalid; nothing is appended then.
         """
+        if created_at is not None and (
+            isinstance(created_at, bool)
+            or not isinstance(created_at, (int, float))
+            or not 0 <= created_at <= MAX_TIMESTAMP
+        ):
+            raise UsageError(
+                f"created_at must be a Unix time between 1970 and 9999, got {_short(created_at)}"
+            )
         checked = self.validate_new(messages)
         return self._append_checked(checked, created_at=created_at)
 

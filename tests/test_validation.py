@@ -877,3 +877,39 @@ def test_summary_with_lone_surrogate_is_repaired() -> None:
     h.add_summary(Summary(text="facts \ud800", covers=(0,)))
     assert h.summaries[0].text == "facts \ufffd"
     h.to_json().encode("utf-8")
+
+
+@pytest.mark.parametrize("when", [math.nan, math.inf, 1e300, -1.0, True, "now"])
+def test_append_refuses_absurd_created_at(when: Any) -> None:
+    h = History()
+    with pytest.raises(UsageError, match="created_at must be a Unix time"):
+        h.append([{"role": "user", "content": "a"}], created_at=when)
+    assert h.turns == ()
+
+
+def test_async_conversation_validates_the_same_way() -> None:
+    import asyncio
+
+    from convmem import AsyncConversation
+
+    async def main() -> None:
+        server = FakeChatServer().reply("odd \ud800")
+        conv = AsyncConversation(server.async_client(), model="gpt-4o-mini", conversation_id="a")
+        with pytest.raises(InvalidMessageError, match="expected a list of message dicts"):
+            await conv.extend(None)  # type: ignore[arg-type]
+        with pytest.raises(InvalidMessageError, match="unknown role"):
+            await conv.extend([{"role": {}, "content": "x"}])
+        await conv.send("hi")
+        assert conv.messages[-1]["content"] == "odd \ufffd"
+        with pytest.raises(ReadOnlyError):
+            conv.turns[0].messages[0]["content"] = "x"
+        data = conv.to_json()
+        data.encode("utf-8")
+        with pytest.raises(InvalidHistoryError, match="belongs to conversation 'a'"):
+            await AsyncConversation.from_json(server.async_client(), data, conversation_id="b")
+        again = await AsyncConversation.from_json(server.async_client(), data, conversation_id="a")
+        assert again.messages == conv.messages
+        with pytest.raises(UsageError, match="max_tool_rounds"):
+            AsyncConversation(server.async_client(), model="gpt-4o-mini", max_tool_rounds="8")
+
+    asyncio.run(main())
