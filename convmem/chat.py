@@ -18,12 +18,13 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from .conversations import data_home, default_db, open_store, preview, shorten, write_atomic
 from .errors import ConvmemError, UsageError
 
 STRATEGIES = ("truncate", "summary", "recall", "pipeline")
@@ -48,19 +49,6 @@ commands:
   /help            this list
   /exit            leave (or Ctrl-D)
 Ctrl-C stops a reply without saving it."""
-
-
-def data_home() -> Path:
-    """Where the chat keeps its database and line history: ``$CONVMEM_HOME``, else
-    ``$XDG_DATA_HOME/convmem``, else ``~/.local/share/convmem``."""
-    if os.environ.get("CONVMEM_HOME"):
-        return Path(os.environ["CONVMEM_HOME"])
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "convmem"
-
-
-def default_db() -> Path:
-    return data_home() / "chats.db"
 
 
 def parse_option(key: str, value: str) -> tuple[str, Any]:
@@ -308,7 +296,7 @@ class Chat:
             self.say("(no turns yet)")
         for turn in self.conv.turns:
             for message in turn.messages:
-                self.say(f"[{turn.id}] {message.get('role')}: {_preview(message, 200)}")
+                self.say(f"[{turn.id}] {message.get('role')}: {preview(message, 200)}")
 
     def cmd_search(self, arg: str, read: Callable[[str], str]) -> None:
         if not arg:
@@ -318,7 +306,7 @@ class Chat:
         if not hits:
             self.say("no match")
         for hit in hits[:20]:
-            self.say(f"{hit.conversation_id} [{hit.turn_id}] {hit.role}: {_shorten(hit.text, 100)}")
+            self.say(f"{hit.conversation_id} [{hit.turn_id}] {hit.role}: {shorten(hit.text, 100)}")
 
     def cmd_undo(self, arg: str, read: Callable[[str], str]) -> None:
         turns = self.conv.turns
@@ -335,7 +323,7 @@ class Chat:
             return
         message = dict(turns[-1].messages[0])
         self._fork_before_last()
-        self.say(f"retrying in conversation {self.cid}: {_preview(message, 60)}")
+        self.say(f"retrying in conversation {self.cid}: {preview(message, 60)}")
         self.send(message)
 
     def _fork_before_last(self) -> None:
@@ -463,37 +451,8 @@ def usage_text(usage: Any, model: str) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` so a crash leaves the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _new_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-
-
-def _preview(message: Any, width: int) -> str:
-    content = message.get("content")
-    if isinstance(content, list):
-        content = " ".join(
-            str(p.get("text", f"[{p.get('type')}]")) for p in content if isinstance(p, dict)
-        )
-    if content is None and message.get("tool_calls"):
-        content = "calls " + ", ".join(
-            str(c.get("function", {}).get("name")) for c in message["tool_calls"]
-        )
-    return _shorten(str(content or ""), width)
-
-
-def _shorten(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 @contextmanager
@@ -515,17 +474,10 @@ def _line_history(path: Path) -> Iterator[None]:
             readline.write_history_file(path)
 
 
-def _open_store(db: Path) -> Any:
-    from .stores import SQLiteStore
-
-    db.parent.mkdir(parents=True, exist_ok=True)
-    return SQLiteStore(str(db))
-
-
 def run_chat(settings: Settings, out: TextIO | None = None) -> int:
     """``convmem chat``: the REPL until Ctrl-D or ``/exit``."""
     out = out or sys.stdout
-    store = _open_store(settings.db)
+    store = open_store(settings.db)
     with ExitStack() as stack:
         stack.callback(store.close)
         cid = settings.cid
@@ -547,88 +499,6 @@ def run_chat(settings: Settings, out: TextIO | None = None) -> int:
         stack.enter_context(_line_history(data_home() / "chat_history"))
         return chat.run()
     return 0  # pragma: no cover - ExitStack does not swallow
-
-
-# -- convmem conversations ------------------------------------------------------------------
-
-
-def run_conversations(action: str, args: Sequence[str], db: Path, out: TextIO | None = None) -> int:
-    """``convmem conversations list|show ID|search WORDS|export ID|delete ID``."""
-    out = out or sys.stdout
-    if not db.exists():
-        raise UsageError(f"no conversations yet: {db} does not exist (start one: convmem chat)")
-    store = _open_store(db)
-    try:
-        if action == "list":
-            return _list(store, out)
-        if not args:
-            raise UsageError(f"convmem conversations {action} needs an argument")
-        if action == "search":
-            hits = store.search(" ".join(args))
-            for hit in hits:
-                text = _shorten(hit.text, 100)
-                print(f"{hit.conversation_id}\t[{hit.turn_id}]\t{hit.role}\t{text}", file=out)
-            return 0 if hits else 1
-        saved = store.load(args[0])
-        if saved is None:
-            raise UsageError(f"no conversation {args[0]!r} in {db}")
-        if action == "show":
-            print(f"{saved.id} · {saved.model} · {len(saved.turns)} turns", file=out)
-            if saved.system:
-                print(f"system: {_preview(saved.system, 200)}", file=out)
-            for turn in saved.turns:
-                for message in turn.messages:
-                    print(f"[{turn.id}] {message.get('role')}: {_preview(message, 500)}", file=out)
-            return 0
-        if action == "export":
-            print(_export(saved), file=out)
-            return 0
-        if action == "delete":
-            store.delete(saved.id)
-            print(f"deleted {saved.id}", file=out)
-            return 0
-        raise UsageError(f"unknown action {action!r}")
-    finally:
-        store.close()
-
-
-def _list(store: Any, out: TextIO) -> int:
-    from .pricing import cost
-
-    rows = store.list()
-    if not rows:
-        print("no conversations", file=out)
-        return 0
-    print("id\tupdated\tmodel\tturns\ttokens\tcost\ttitle", file=out)
-    for row in rows:
-        saved = store.load(row.id)
-        usage = (saved.usage if saved is not None else {}) or {}
-        price = cost(
-            row.model,
-            int(usage.get("prompt_tokens", 0)),
-            int(usage.get("completion_tokens", 0)),
-            int(usage.get("cached_tokens", 0)),
-        )
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.updated_at))
-        shown = "—" if price is None else f"${price:.4f}"
-        print(
-            f"{row.id}\t{when}\t{row.model}\t{row.turns}\t{row.tokens}\t{shown}\t"
-            f"{_shorten(row.title, 50)}",
-            file=out,
-        )
-    return 0
-
-
-def _export(saved: Any) -> str:
-    from .history import History
-
-    history = History(saved.system)
-    for turn in saved.turns:
-        history.append(turn.messages)
-    data = history.to_dict()
-    data["conversation_id"] = saved.id
-    data["model"] = saved.model
-    return json.dumps(data, ensure_ascii=False, indent=2)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -473,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_chat(settings_from(args))
         if args.command == "conversations":
-            from .chat import default_db, run_conversations
+            from .conversations import default_db, run_conversations
 
             return run_conversations(args.action, args.args, args.db or default_db())
         parser.print_help()
