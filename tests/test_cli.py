@@ -217,6 +217,9 @@ def test_demo_fake_answers_only_from_what_was_sent() -> None:
         assert value in answer, fact
     for fact in set(demo.FACTS) - set(demo.find_facts(sent)):
         assert "I don't know" in answer, fact
+    # With a working summariser no turn falls through: every fact reached the last call.
+    assert set(demo.find_facts(sent)) == set(demo.FACTS)
+    assert not any(d.action == "dropped" for d in conv.last_plan.decisions)
 
 
 def test_demo_fake_summariser_keeps_only_what_it_was_sent() -> None:

@@ -402,7 +402,11 @@ class RollingSummary:
         comp.new_summary = summary
         if self.due(request):
             pct = 100 * self.context_tokens(request) / request.budget.context_window
-            why = f"context at {pct:.0f}% of the window (trigger {self.trigger:.0%})"
+            # The history *would* need this much; what is sent stays within the budget.
+            why = (
+                f"the whole history would take {pct:.0f}% of the window "
+                f"(summaries start at {self.trigger:.0%})"
+            )
         else:
             why = "the recent turns moved past unsummarised turns"
         comp.note(
