@@ -382,9 +382,14 @@ class _Core(_Background):
         return plan
 
     def _failed(self, call: _Call, exc: BaseException) -> None:
-        """Records a failed call: nothing was committed; ``last_plan`` is its last plan."""
+        """Records a failed call: nothing was committed; ``last_plan`` is its last plan (the
+        plan that did not fit, for a ``ContextOverflowError`` that carries one)."""
         self.last_error = exc
-        self.last_plan = call.plans[-1] if call.plans else None
+        overflow = getattr(exc, "plan", None)
+        if isinstance(overflow, ContextPlan):
+            self.last_plan = overflow
+        else:
+            self.last_plan = call.plans[-1] if call.plans else None
         if self.last_plan is not None:
             self.last_plan.notes.append(f"call failed, nothing committed: {describe_error(exc)}")
 

@@ -20,6 +20,7 @@ import pytest
 
 from convmem import (
     AsyncConversation,
+    ContextOverflowError,
     ContextPlan,
     ContextRequest,
     Conversation,
@@ -436,6 +437,19 @@ def test_last_plan_after_a_failed_call_is_that_calls_plan() -> None:
     with pytest.raises(UsageError):
         conv.send(temperature=0.5, model="other")
     assert isinstance(conv.last_error, openai.InternalServerError)
+
+
+def test_last_plan_after_an_overflow_is_the_plan_that_did_not_fit() -> None:
+    s = FakeChatServer()
+    s.respond_with(lambda body: "ok", times=20)
+    conv = Conversation(s.client(), model="gpt-4o-mini", context_window=300, reply_reserve=50)
+    with pytest.raises(ContextOverflowError) as err:
+        for _ in range(20):
+            conv.send("word " * 40)  # KeepAll: the whole history soon stops fitting
+    assert err.value.plan is not None
+    assert conv.last_plan is err.value.plan
+    assert conv.last_plan.notes[-1].startswith("call failed, nothing committed: ContextOverflow")
+    assert conv.last_error is err.value
 
 
 # -- 16: one shared pool --------------------------------------------------------------------------
