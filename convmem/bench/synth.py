@@ -282,6 +282,11 @@ def message_text(
     return _turn_text(rng, insert, (topic[1], _GENERIC_ASSISTANT), first=first)
 
 
+# Openers make plain chats more varied (make_history only; the probe set does not use them).
+_OPENERS = ("", "", "Quick question.", "Also,", "By the way,", "Thanks!", "OK so", "Update:")
+_LEADS = ("", "", "That sounds reasonable.", "Good idea.", "I understand.", "Oh,", "Right,")
+
+
 def _exact_text(rng: random.Random, role: str, topic: Topic, words: int) -> str:
     """Small talk cut to exactly ``words`` words, ending as a sentence; no sentence twice.
 
@@ -291,7 +296,8 @@ def _exact_text(rng: random.Random, role: str, topic: Topic, words: int) -> str:
     own, generic = (topic[0], _GENERIC_USER) if role == "user" else (topic[1], _GENERIC_ASSISTANT)
     pools = [list(own), list(generic)]
     taken = [0, 0]
-    out: list[str] = []
+    opener = rng.choice(_OPENERS if role == "user" else _LEADS)
+    out: list[str] = opener.split()
     while len(out) < words:
         side = 0 if rng.random() < 0.7 else 1
         if taken[side] == len(pools[side]):
