@@ -413,7 +413,7 @@ class _Core(_Background):
         if usage is not None and usage.prompt_tokens:
             plan.reported_prompt_tokens = int(usage.prompt_tokens)
             self.calibrator.observe(self.model, plan.estimated_tokens, int(usage.prompt_tokens))
-        self.call_log.append(CallRecord.from_plan(plan, self.history))
+        self.call_log.append(CallRecord.from_plan(plan, self.history, self.counter))
         index = call.choose(completion) if call.choose else 0
         if not isinstance(index, int) or not 0 <= index < len(completion.choices):
             raise UsageError(

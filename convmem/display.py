@@ -7,20 +7,27 @@ viewers sanitises notebook output differently, and inline styles and ``title`` h
 all of them. Every piece of text that comes from a message, a reason or a note is escaped.
 
 The functions are public so the same views can be written to a file (``plan_html(plan)``) or
-rendered elsewhere; :func:`window_segments` and :func:`turn_cells` give the numbers the pictures
-are drawn from.
+rendered to a PNG (:mod:`convmem.snapshot`); :mod:`convmem.planview` computes the numbers
+the pictures are drawn from.
 """
 
 from __future__ import annotations
 
 import html
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .messages import text_of
+from .planview import (
+    MAX_CELLS,
+    Cell,
+    Segment,
+    _ranges,
+    new_message_tokens,
+    new_turn_id,
+    turn_cells,
+    window_segments,
+)
 
 if TYPE_CHECKING:
     from .plan import ContextPlan
@@ -48,20 +55,6 @@ DECISION_COLORS: dict[str, str] = {
 }
 _OTHER_COLOR = "#e11d48"  # a section or decision this module does not know: make it stand out
 _DARK = {"system", "tools", "recalled", "new", "overhead"}
-_LABELS = {
-    "system": "system",
-    "tools": "tools",
-    "summary": "summary",
-    "recalled": "recalled",
-    "recent": "recent turns",
-    "new": "new message",
-    "overhead": "overhead",
-    "free": "unused",
-    "reply": "room for the reply",
-}
-#: Up to this many history turns, the strip has one cell per turn; beyond it, one cell per run of
-#: equal decisions, and when even the runs are too many, one cell per bucket of turns.
-MAX_CELLS = 300
 #: Messages listed under "messages sent" (the first few and the newest ones).
 MAX_MESSAGES = 60
 MAX_MESSAGE_CHARS = 600
@@ -75,244 +68,11 @@ _BOX = (
 _MUTED = "color:#6b7280"
 
 
-@dataclass(frozen=True)
-class Segment:
-    """One part of the window bar.
-
-    Attributes:
-        key: ``system``, ``tools``, ``summary``, ``recalled``, ``recent``, ``new`` (the new
-            message), ``overhead`` (reply priming), ``free`` (budget not used), ``reply`` (room
-            kept for the reply), or the name of a section this module does not know.
-        label: The legend text.
-        tokens: Tokens of the part (convmem's estimate, like the plan's sections).
-        detail: Hover text.
-    """
-
-    key: str
-    label: str
-    tokens: int
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One cell of the turn strip: a turn, a run of turns with one decision, or a bucket.
-
-    Attributes:
-        first: The first turn id in the cell.
-        last: The last turn id in the cell.
-        parts: ``(decision, turns)`` pairs, in order of first appearance.
-        title: Hover text (decision, reason, score).
-    """
-
-    first: int
-    last: int
-    parts: tuple[tuple[str, int], ...]
-    title: str
-
-    @property
-    def count(self) -> int:
-        return sum(n for _, n in self.parts)
-
-
-# -- numbers ---------------------------------------------------------------------------------
-
-
-def new_message_tokens(plan: ContextPlan, counter: TokenCounter | None = None) -> int:
-    """Tokens of the turn being made (the new user message and its tool rounds so far).
-
-    The plan counts them inside its ``recent`` section; they are counted again here, with
-    ``counter`` (the conversation's) or the default one, to split the section for display. The
-    result never exceeds the section.
-    """
-    recent = plan.section("recent")
-    if recent is None or not recent.turn_ids:
-        return 0
-    if recent.turn_ids[-1] <= _max_decided(plan):
-        return 0  # the call continues the last committed turn: no new message
-    start = None
-    for i in range(len(recent.messages) - 1, -1, -1):
-        if recent.messages[i].get("role") == "user":
-            start = i
-            break
-    if start is None:
-        return 0
-    if counter is None:
-        from .tokens import default_counter
-
-        counter = default_counter("gpt-4o-mini")
-    tokens = sum(counter.count_message(m) for m in recent.messages[start:])
-    return min(tokens, recent.tokens)
-
-
-def window_segments(plan: ContextPlan, counter: TokenCounter | None = None) -> list[Segment]:
-    """The window split into its parts, in the order the bar draws them.
-
-    Sections are counted with convmem's estimate; when the conversation has learnt a correction
-    from the server's usage (``plan.corrected_tokens != plan.estimated_tokens``), they are
-    scaled by it, so the sent parts add up to ``plan.corrected_tokens`` — the same unit as the
-    window. With the unused budget and the room for the reply, the parts add up to
-    ``plan.context_window`` (more, when the prompt is over budget).
-    """
-    sections = {s.name: s for s in plan.sections}
-    # (key, label, tokens, (what, where)): the hover text is "what: N tokens, where"
-    parts: list[tuple[str, str, int, tuple[str, str]]] = []
-
-    def add(key: str, tokens: int, what: str, where: str = "", label: str | None = None) -> None:
-        parts.append((key, label or _LABELS.get(key, key), tokens, (what, where)))
-
-    if "system" in sections:
-        add("system", sections["system"].tokens, "system prompt")
-    if "tools" in sections:
-        add("tools", sections["tools"].tokens, "tool schemas")
-    if "summary" in sections:
-        s = sections["summary"]
-        covers = f", covers turns {_ranges(s.turn_ids)}" if s.turn_ids else ""
-        add("summary", s.tokens, "summary", covers)
-    if "recalled" in sections:
-        s = sections["recalled"]
-        ids = f", turns {_ranges(s.turn_ids)}" if s.turn_ids else ""
-        add("recalled", s.tokens, "recalled turns", ids)
-    new = new_message_tokens(plan, counter)
-    if "recent" in sections:
-        s = sections["recent"]
-        kept = s.turn_ids[:-1] if new else s.turn_ids
-        ids = f", turns {_ranges(kept)}" if kept else ""
-        add("recent", s.tokens - new, "recent turns", ids)
-        if new:
-            add("new", new, "new message", f", turn {s.turn_ids[-1]}")
-    known = {"system", "tools", "summary", "recalled", "recent"}
-    for sec in plan.sections:
-        if sec.name not in known:
-            add(sec.name, sec.tokens, sec.name, label=sec.name)
-    overhead = plan.estimated_tokens - sum(p[2] for p in parts)
-    if overhead > 0:
-        add("overhead", overhead, "reply priming and message framing")
-    sent = plan.estimated_tokens
-    scale = ""
-    if plan.corrected_tokens != plan.estimated_tokens and plan.estimated_tokens > 0:
-        ratio = plan.corrected_tokens / plan.estimated_tokens
-        scaled = _largest_remainder([p[2] * ratio for p in parts], plan.corrected_tokens)
-        parts = [(k, lab, n, w) for (k, lab, _, w), n in zip(parts, scaled, strict=True)]
-        sent = plan.corrected_tokens
-        scale = f"; convmem's estimate ×{ratio:.3f}, the correction learnt from server usage"
-    free = plan.context_window - plan.reply_reserve - sent
-    if free > 0:
-        add("free", free, "unused prompt budget")
-    add("reply", plan.reply_reserve, "room kept for the reply")
-    window = max(plan.context_window, 1)
-    return [
-        Segment(
-            key,
-            label,
-            tokens,
-            f"{what[0]}: {tokens:,} tokens{what[1]}"
-            + f" ({tokens / window:.1%} of the window"
-            + (scale if key not in ("free", "reply") else "")
-            + ")",
-        )
-        for key, label, tokens, what in parts
-    ]
-
-
-def _largest_remainder(values: Sequence[float], total: int) -> list[int]:
-    """Rounds non-negative values to ints that add up to ``total``."""
-    ints = [int(v) for v in values]
-    order = sorted(range(len(values)), key=lambda i: values[i] - ints[i], reverse=True)
-    for i in order[: max(0, total - sum(ints))]:
-        ints[i] += 1
-    return ints
-
-
-def _max_decided(plan: ContextPlan) -> int:
-    top = max((d.turn_id for d in plan.turn_decisions), default=-1)
-    for span in plan.spans:
-        ids = span.turn_ids
-        if isinstance(ids, range):
-            if len(ids):
-                top = max(top, ids[-1] if ids.step > 0 else ids[0])
-        elif ids:
-            top = max(top, max(ids))
-    return top
-
-
-def _entries(plan: ContextPlan) -> list[tuple[int, str, str, float | None]]:
-    """``(turn id, decision, reason, score)`` for every history turn, by id (spans expanded)."""
-    out: dict[int, tuple[str, str, float | None]] = {}
-    for span in plan.spans:
-        for i in span.turn_ids:
-            out[i] = (span.action, span.reason, None)
-    for d in plan.turn_decisions:
-        out[d.turn_id] = (d.action, d.reason, d.score)
-    return [(i, *out[i]) for i in sorted(out)]
-
-
-def _turn_title(i: int, action: str, reason: str, score: float | None) -> str:
-    text = f"turn {i}: {action}"
-    if score is not None:
-        text += f", score {score:.3f}"
-    return f"{text} ({reason})" if reason else text
-
-
-def turn_cells(plan: ContextPlan, *, max_cells: int = MAX_CELLS) -> list[Cell]:
-    """The cells of the turn strip for the plan's history (the new message not included)."""
-    entries = _entries(plan)
-    if len(entries) <= max_cells:
-        return [Cell(i, i, ((a, 1),), _turn_title(i, a, r, s)) for i, a, r, s in entries]
-    runs: list[list[tuple[int, str, str, float | None]]] = []
-    for entry in entries:
-        if runs and runs[-1][-1][1] == entry[1]:
-            runs[-1].append(entry)
-        else:
-            runs.append([entry])
-    if len(runs) <= max_cells:
-        return [_run_cell(run) for run in runs]
-    size = -(-len(entries) // max_cells)
-    return [_bucket_cell(entries[k : k + size]) for k in range(0, len(entries), size)]
-
-
-def _run_cell(run: list[tuple[int, str, str, float | None]]) -> Cell:
-    first, action = run[0][0], run[0][1]
-    if len(run) == 1:
-        _, a, r, s = run[0]
-        return Cell(first, first, ((a, 1),), _turn_title(first, a, r, s))
-    reasons = list(dict.fromkeys(r for _, _, r, _ in run if r))
-    shown = "; ".join(reasons[:3]) + ("; ..." if len(reasons) > 3 else "")
-    title = f"turns {first}-{run[-1][0]}: {action} ({len(run):,} turns)"
-    if shown:
-        title += f" ({shown})"
-    scored = [(i, s) for i, _, _, s in run if s is not None]
-    if scored:
-        title += "; scores " + ", ".join(f"turn {i}: {s:.3f}" for i, s in scored[:8])
-    return Cell(first, run[-1][0], ((action, len(run)),), title)
-
-
-def _bucket_cell(bucket: list[tuple[int, str, str, float | None]]) -> Cell:
-    counts: dict[str, int] = {}
-    for _, a, _, _ in bucket:
-        counts[a] = counts.get(a, 0) + 1
-    first, last = bucket[0][0], bucket[-1][0]
-    title = f"turns {first}-{last}: " + ", ".join(f"{a} {n:,}" for a, n in counts.items())
-    scored = [(i, a, s) for i, a, _, s in bucket if a in ("recalled",)]
-    if scored:
-        shown = ", ".join(
-            f"turn {i}" + (f" ({s:.3f})" if s is not None else "") for i, _, s in scored[:8]
-        )
-        title += f"; recalled: {shown}" + (", ..." if len(scored) > 8 else "")
-    return Cell(first, last, tuple(counts.items()), title)
-
-
 # -- HTML -------------------------------------------------------------------------------------
 
 
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
-
-
-def _ranges(ids: Sequence[int]) -> str:
-    from .plan import _ranges as ranges
-
-    return ranges(list(ids))
 
 
 def _swatch(color: str) -> str:
@@ -501,12 +261,7 @@ def plan_html(plan: ContextPlan, counter: TokenCounter | None = None) -> str:
         else ""
     )
     cells = turn_cells(plan)
-    recent = plan.section("recent")
-    new_id = (
-        recent.turn_ids[-1]
-        if recent is not None and recent.turn_ids and recent.turn_ids[-1] > _max_decided(plan)
-        else None
-    )
+    new_id = new_turn_id(plan)
     n_turns = sum(c.count for c in cells)
     strip_head = (
         f'<div style="margin-top:4px;font-weight:600">History: {n_turns:,} turn'
@@ -613,101 +368,14 @@ def html_page(fragment: str, title: str = "convmem") -> str:
     )
 
 
-#: Flags for a headless Chromium that touches nothing outside its throw-away profile.
-CHROMIUM_FLAGS: tuple[str, ...] = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--hide-scrollbars",
-)
-
-
-def find_chromium() -> str | None:
-    """The path of a Chromium or Chrome binary on this machine, or None."""
-    import shutil
-
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def html_to_png(
-    document: str,
-    path: str | os.PathLike[str],
-    *,
-    width: int = 1000,
-    height: int = 700,
-    chromium: str | None = None,
-    timeout: float = 60.0,
-) -> Path:
-    """Renders an HTML document to a PNG with headless Chromium (for docs and reports).
-
-    Chromium runs with a fresh temporary profile, no network services and no sandbox (it runs
-    in containers as root); the page is loaded from a temporary file.
-
-    Args:
-        document: The whole document (see :func:`html_page`).
-        path: Where to write the PNG.
-        width: Viewport width in CSS pixels.
-        height: Viewport height: the screenshot is this tall; content below it is cut.
-        chromium: The browser binary; found on ``PATH`` when None.
-        timeout: Seconds before the browser is stopped.
-
-    Returns:
-        The PNG's path.
-
-    Raises:
-        FileNotFoundError: no Chromium binary was found (``apt-get install chromium``).
-        RuntimeError: Chromium ran but wrote no PNG (its output is in the message).
-    """
-    import subprocess
-    import tempfile
-
-    binary = chromium or find_chromium()
-    if binary is None:
-        raise FileNotFoundError(
-            "rendering HTML to PNG needs Chromium: apt-get install chromium (or pass chromium=)"
-        )
-    out = Path(path).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="convmem-chromium-") as tmp:
-        page = Path(tmp) / "page.html"
-        page.write_text(document, encoding="utf-8")
-        target = Path(tmp) / "shot.png"
-        cmd = [
-            binary,
-            *CHROMIUM_FLAGS,
-            f"--user-data-dir={Path(tmp) / 'profile'}",
-            f"--window-size={width},{height}",
-            f"--screenshot={target}",
-            page.as_uri(),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-        if not target.exists():
-            raise RuntimeError(
-                f"Chromium wrote no screenshot (exit {proc.returncode}): "
-                f"{(proc.stderr or proc.stdout)[-2000:]}"
-            )
-        out.write_bytes(target.read_bytes())
-    return out
-
-
 __all__ = [
-    "CHROMIUM_FLAGS",
     "DECISION_COLORS",
+    "MAX_CELLS",
     "SEGMENT_COLORS",
     "Cell",
     "Segment",
     "conversation_html",
-    "find_chromium",
     "html_page",
-    "html_to_png",
     "new_message_tokens",
     "plan_html",
     "turn_cells",

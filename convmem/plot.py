@@ -20,6 +20,8 @@ so nothing is shown twice in a notebook and no display is needed.
 from __future__ import annotations
 
 import bisect
+import functools
+import io
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -47,6 +49,12 @@ class CallRecord:
             reported them, else convmem's corrected estimate.
         reported: True when ``prompt_tokens`` came from the server.
         budget: The prompt budget of the call (window minus room for the reply).
+        estimated_tokens: convmem's own count of the prompt. Plots draw this one: it is in the
+            same unit as the history's size (the server's tokenizer may count differently).
+        extra_tokens: What any call adds to the history, in convmem's count: the new message,
+            tool schemas and reply priming (sending the whole history costs system + turns +
+            this).
+        limit: The budget in convmem's count (the budget divided by the learnt correction).
         sections: Estimated tokens by section (``system``, ``summary``, ``recalled``, ...).
         summary_calls: Summariser calls made for this call (failed ones included).
         summary_failures: Of those, the ones that failed.
@@ -60,6 +68,9 @@ class CallRecord:
     reported: bool
     budget: int
     sections: Mapping[str, int]
+    estimated_tokens: int = 0
+    extra_tokens: int = 0
+    limit: int = 0
     summary_calls: int = 0
     summary_failures: int = 0
     recalled_turns: int = 0
@@ -67,13 +78,20 @@ class CallRecord:
 
     @classmethod
     def from_plan(
-        cls, plan: ContextPlan, history: History, *, extra_summary: bool | None = None
+        cls,
+        plan: ContextPlan,
+        history: History,
+        counter: TokenCounter | None = None,
+        *,
+        extra_summary: bool | None = None,
     ) -> CallRecord:
         """The record of a call that sent ``plan`` with ``history`` as it was before the call.
 
         Args:
             plan: The call's plan.
             history: The history (its committed turns are what the call saw).
+            counter: The conversation's counter (counts the new message apart from the recent
+                turns; the default counter when None).
             extra_summary: A summary made for this call outside the plan (replays make it with
                 ``prepare_next``): True when it succeeded, False when it was due and failed.
         """
@@ -83,7 +101,13 @@ class CallRecord:
         if extra_summary is not None:
             calls += 1
             failures += 0 if extra_summary else 1
+        from .planview import new_message_tokens
+
         reported = plan.reported_prompt_tokens is not None
+        by_section = plan.tokens_by_section()
+        framing = plan.estimated_tokens - sum(by_section.values())
+        extra = new_message_tokens(plan, counter) + by_section.get("tools", 0) + max(framing, 0)
+        ratio = plan.corrected_tokens / plan.estimated_tokens if plan.estimated_tokens else 1.0
         return cls(
             turn_id=history.next_turn_id,
             history_turns=len(history),
@@ -94,7 +118,10 @@ class CallRecord:
             ),
             reported=reported,
             budget=plan.budget,
-            sections=plan.tokens_by_section(),
+            sections=by_section,
+            estimated_tokens=plan.estimated_tokens,
+            extra_tokens=extra,
+            limit=int(plan.budget / ratio) if ratio > 0 else plan.budget,
             summary_calls=calls,
             summary_failures=failures,
             recalled_turns=len(recalled.turn_ids) if recalled is not None else 0,
@@ -257,7 +284,11 @@ def replay(
                         made.append(summary)
                     plan = conv.preview(group[0])
                     made_one = True if summary is not None else None
-                    records.append(CallRecord.from_plan(plan, conv.history, extra_summary=made_one))
+                    records.append(
+                        CallRecord.from_plan(
+                            plan, conv.history, conv.counter, extra_summary=made_one
+                        )
+                    )
                 users += 1
             conv.extend(group)
     finally:
@@ -269,15 +300,38 @@ def replay(
 # -- drawing ---------------------------------------------------------------------------------
 
 
-def _new_figure(ax: Any, size: tuple[float, float]) -> tuple[Any, Any]:
-    """(figure, axes): the given axes' figure, or a new figure made without pyplot."""
+def _figure_class() -> Any:
+    """The figure class plots use; raises the extra's ImportError without matplotlib."""
     try:
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise MissingExtraError("convmem's plots", "notebook", "matplotlib") from exc
+    return _shown_figure(Figure)
+
+
+@functools.cache
+def _shown_figure(figure: Any) -> Any:
+    """A matplotlib ``Figure`` that shows itself as a PNG when a notebook cell returns it.
+
+    Figures are made without pyplot (nothing is shown twice, no display is needed), so the
+    notebook's matplotlib hook may not know them: ``_repr_png_`` lets IPython render them anyway.
+    """
+
+    class PlotFigure(figure):  # type: ignore[misc]
+        def _repr_png_(self) -> bytes:
+            buf = io.BytesIO()
+            self.savefig(buf, format="png")
+            return buf.getvalue()
+
+    return PlotFigure
+
+
+def _new_figure(ax: Any, size: tuple[float, float]) -> tuple[Any, Any]:
+    """(figure, axes): the given axes' figure, or a new figure made without pyplot."""
+    figure = _figure_class()
     if ax is not None:
         return ax.figure, ax
-    fig = Figure(figsize=size, dpi=110)
+    fig = figure(figsize=size, dpi=110)
     return fig, fig.add_subplot()
 
 
@@ -289,6 +343,17 @@ def _xs(
     if sizes is None:
         raise UsageError("x='tokens' needs the history (pass history= and counter=)")
     return [float(s) if s is not None else None for s in sizes]
+
+
+def _whole_history(
+    records: Sequence[CallRecord], xs: Sequence[float | None], sizes: Sequence[int | None]
+) -> list[tuple[float, int]]:
+    """Points of the whole-history line: what each call would have sent with no strategy."""
+    return [
+        (xv, size + r.extra_tokens)
+        for xv, size, r in zip(xs, sizes, records, strict=True)
+        if xv is not None and size is not None
+    ]
 
 
 def _draw(
@@ -303,11 +368,12 @@ def _draw(
     if not pts:
         return
     px = [p[0] for p in pts]
-    ax.plot(px, [r.prompt_tokens for _, r in pts], color=color, lw=1.6, label=label, zorder=3)
+    ys = [r.estimated_tokens for _, r in pts]
+    ax.plot(px, ys, color=color, lw=1.6, label=label, zorder=3)
     recalled = [r.sections.get("recalled", 0) for _, r in pts]
     if any(recalled):
         ax.fill_between(px, 0, recalled, color=color, alpha=0.18, lw=0, step="mid", zorder=1)
-    ok = [(xv, r.prompt_tokens) for xv, r in pts if r.summary_calls > r.summary_failures]
+    ok = [(xv, r.estimated_tokens) for xv, r in pts if r.summary_calls > r.summary_failures]
     if ok:
         ax.scatter(
             *zip(*ok, strict=True),
@@ -318,7 +384,7 @@ def _draw(
             linewidths=0.6,
             zorder=4,
         )
-    failed = [(xv, r.prompt_tokens) for xv, r in pts if r.summary_failures]
+    failed = [(xv, r.estimated_tokens) for xv, r in pts if r.summary_failures]
     if failed:
         ax.scatter(*zip(*failed, strict=True), marker="x", s=46, color="#b91c1c", zorder=4)
 
@@ -346,7 +412,7 @@ def _finish(
             label="whole history (no strategy)",
             zorder=2,
         )
-    budgets = sorted({r.budget for r in records})
+    budgets = sorted({r.limit for r in records})
     for b in budgets:
         ax.axhline(b, color="0.6", ls=":", lw=1)
     handles, labels = ax.get_legend_handles_labels()
@@ -368,7 +434,7 @@ def _finish(
     ax.set_xlabel(
         "turns in the history" if x == "turns" else "tokens in the history (system + turns so far)"
     )
-    ax.set_ylabel("prompt tokens of the call")
+    ax.set_ylabel("prompt tokens of the call (convmem's count)")
     ax.set_ylim(bottom=0)
     ax.set_xlim(left=0)
     ax.grid(True, alpha=0.3)
@@ -410,14 +476,14 @@ def plot_calls(
     if x == "tokens" and (history is None or counter is None):
         raise UsageError("x='tokens' needs the history and its counter (history=, counter=)")
     fig, axes = _new_figure(ax, (8.0, 4.5))
-    sizes = history_tokens(records, history, counter) if history and counter else None
+    sizes = (
+        history_tokens(records, history, counter)
+        if history is not None and counter is not None
+        else None
+    )
     xs = _xs(records, sizes, x)
     _draw(axes, records, xs, label=label, color="C0")
-    reference = (
-        [(xv, s) for xv, s in zip(xs, sizes, strict=True) if xv is not None and s is not None]
-        if sizes is not None
-        else []
-    )
+    reference = _whole_history(records, xs, sizes) if sizes is not None else []
     skipped = sum(1 for xv in xs if xv is None)
     note = (
         f" ({skipped} call{'' if skipped == 1 else 's'} before clear() not drawn)"
@@ -507,9 +573,7 @@ def compare(
         xs = _xs(rep.records, sizes, x)
         _draw(axes, rep.records, xs, label=rep.name, color=f"C{i}")
         if i == 0:
-            reference = [
-                (xv, s) for xv, s in zip(xs, sizes, strict=True) if xv is not None and s is not None
-            ]
+            reference = _whole_history(rep.records, xs, sizes)
     _finish(
         fig,
         axes,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,12 @@ from convmem.display import (
     SEGMENT_COLORS,
     conversation_html,
     html_page,
-    html_to_png,
     plan_html,
     turn_cells,
     window_segments,
 )
 from convmem.plan import ContextPlan, DecisionSpan, Section, TurnDecision
+from convmem.snapshot import find_chromium, html_to_png
 from convmem.strategies import Pipeline, RollingSummary, Truncate, VectorRecall
 from convmem.testing import FakeChatServer
 
@@ -323,9 +322,7 @@ async def test_async_conversation_html() -> None:
     assert parse(conv.last_plan._repr_html_()).find_all(**{"class": "convmem-plan"})
 
 
-CHROMIUM = shutil.which("chromium") or (
-    "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
-)
+CHROMIUM = find_chromium()
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs the OS package chromium")

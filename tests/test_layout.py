@@ -28,7 +28,6 @@ MAX_LINES = 650
 # splits under way (issue 9.3), not a place to park big modules: drop an entry once it is split.
 BEING_SPLIT = {
     "bench/runner.py",  # replay runner (shared by recall and strategy work)
-    "display.py",  # notebook views work
     "history.py",  # input validation work (issue 9.3 applies)
     "testing.py",  # may become a package (issue 9.3)
     "tokens.py",  # providers work splits it (issue 9.3)

@@ -76,7 +76,8 @@ def test_call_log_records_every_call_and_plot_draws_it(tmp_path: Path) -> None:
     fig = conv.plot()
     ax = fig.axes[0]
     line = ax.lines[0]
-    assert list(line.get_ydata()) == [r.prompt_tokens for r in log]
+    # Drawn in convmem's count, the unit of the history's size (the server may count otherwise).
+    assert list(line.get_ydata()) == [p.estimated_tokens for p in plans if p]
     assert list(line.get_xdata()) == sizes
     # The whole-history reference line, and one marker per call that made a summary.
     assert any(ln.get_label() == "whole history (no strategy)" for ln in ax.lines)
@@ -87,6 +88,8 @@ def test_call_log_records_every_call_and_plot_draws_it(tmp_path: Path) -> None:
     out = tmp_path / "calls.png"
     fig.savefig(out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Returned from a notebook cell, the figure shows itself (it is made without pyplot).
+    assert fig._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"
 
     turns_fig = conv.plot(x="turns", title="by turns")
     assert list(turns_fig.axes[0].lines[0].get_xdata()) == list(range(24))
@@ -122,6 +125,30 @@ def test_calls_before_clear_are_not_drawn() -> None:
     fig = conv.plot()
     assert len(fig.axes[0].lines[0].get_xdata()) == 2
     assert "(1 call before clear() not drawn)" in fig.axes[0].get_title()
+
+
+def lookup(city: str) -> str:
+    """Looks up the weather.
+
+    Args:
+        city: The city.
+    """
+    return f"sunny in {city}"
+
+
+def test_whole_history_line_is_what_keep_all_sends() -> None:
+    server = FakeChatServer().respond_with(lambda body: "fine, thanks " * 3, times=10)
+    conv = Conversation(
+        server.client(), model="gpt-4o-mini", system="You are terse.", strategy=KeepAll()
+    )
+    for i in range(6):
+        conv.send(f"message {i}: " + "some words " * (3 + i), tools=[lookup])
+    ax = conv.plot().axes[0]
+    sent = ax.lines[0]
+    whole = next(ln for ln in ax.lines if ln.get_label() == "whole history (no strategy)")
+    assert list(whole.get_ydata()) == list(sent.get_ydata())
+    assert list(sent.get_ydata()) == [r.estimated_tokens for r in conv.call_log]
+    assert all(r.extra_tokens > r.sections["tools"] for r in conv.call_log)
 
 
 def test_bad_arguments() -> None:
@@ -237,3 +264,47 @@ def test_call_record_from_plan_counts_recall_and_summary() -> None:
     assert (rec.turn_id, rec.history_turns, rec.prompt_tokens, rec.reported) == (1, 1, 110, False)
     assert (rec.summary_calls, rec.summary_failures, rec.recalled_turns) == (2, 1, 2)
     assert rec.sections == {"recalled": 40, "recent": 60}
+    # No new message in the recent section here: what a call adds is the reply priming.
+    assert (rec.estimated_tokens, rec.extra_tokens, rec.limit) == (103, 3, 842)
+
+
+def test_bench_plot_labels_sit_by_their_own_marker_and_do_not_overlap() -> None:
+    """The probe plot's summary row: filled (evidence) and hollow (answer keywords) triangles
+    close together, each label by its own marker; crowded points keep labels apart."""
+    from matplotlib.figure import Figure
+
+    from convmem.bench.report import _Label, _place_labels
+
+    fig = Figure(figsize=(8, 5.5), dpi=120)
+    ax = fig.add_subplot()
+    ax.set_xscale("log")
+    points = [
+        _Label(2200, 0.65, "summ 3k", "C3", 60, "up"),  # the filled point is the lower one
+        _Label(2200, 0.68, "summ 3k kw", "C3", 60, "down"),
+        _Label(1925, 0.85, "recall 2k", "C2", 60),
+        _Label(2364, 0.90, "summ+rec 3k", "C4", 60),
+        _Label(2818, 1.00, "recall 3k", "C2", 60),
+        _Label(2939, 0.95, "trunc 3k", "C1", 60),
+        _Label(3367, 1.00, "full", "C0", 140),
+    ]
+    # The filled point is below the hollow one: its label must go below, the other's above.
+    points[0].prefer, points[1].prefer = "down", "up"
+    for p in points:
+        ax.scatter([p.x], [p.y], s=p.size)
+    ax.set_ylim(-0.03, 1.05)
+    fig.tight_layout()
+    _place_labels(fig, ax, points)
+    fig.canvas.draw()
+    texts = {t.get_text(): t.get_window_extent() for t in ax.texts}
+    assert set(texts) == {p.text for p in points}
+    boxes = list(texts.values())
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (a, b)
+    filled = ax.transData.transform((2200, 0.65))
+    hollow = ax.transData.transform((2200, 0.68))
+    assert texts["summ 3k"].y1 <= filled[1]  # below its (lower) marker
+    assert texts["summ 3k kw"].y0 >= hollow[1]  # above its (upper) marker
+    axes = ax.get_window_extent()
+    for box in boxes:
+        assert axes.x0 <= box.x0 and box.x1 <= axes.x1, box

@@ -12,7 +12,9 @@ import io
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from convmem import MissingExtraError
 from convmem.bench.runner import BenchReport, RowResult, savings
@@ -235,14 +237,105 @@ _SHORT_KIND = {
     "summary": "summ",
     "summary+recall": "summ+rec",
 }
-# Label offsets (points) per kind, so rows that land on the same spot stay readable.
-_OFFSETS = {
-    "full": (8, 6),
-    "truncate": (6, -12),
-    "recall": (6, 5),
-    "summary": (-40, 6),
-    "summary+recall": (-52, -12),
+# Where a label may sit around its point: (dx, dy) in points and the text's alignment.
+_PLACES = {
+    "right": (7, 0, "left", "center"),
+    "upright": (5, 5, "left", "bottom"),
+    "downright": (5, -5, "left", "top"),
+    "left": (-7, 0, "right", "center"),
+    "upleft": (-5, 5, "right", "bottom"),
+    "downleft": (-5, -5, "right", "top"),
+    "up": (0, 8, "center", "bottom"),
+    "down": (0, -8, "center", "top"),
 }
+_ORDER = {
+    None: ("right", "upright", "downright", "left", "upleft", "downleft", "up", "down"),
+    # The upper of two points of one row labels above it, the lower below: each label then sits
+    # on its own marker's side and cannot be read as the other's.
+    "up": ("upright", "upleft", "up"),
+    "down": ("downright", "downleft", "down"),
+}
+
+
+@dataclass
+class _Label:
+    x: float
+    y: float
+    text: str
+    color: str
+    size: float  # marker area (points^2), to keep labels off the marker
+    prefer: str | None = None
+
+
+def _place_labels(fig: Any, ax: Any, labels: Sequence[_Label], fontsize: float = 7) -> None:
+    """Annotates each point with its label where it overlaps nothing already drawn.
+
+    Tries the positions around the point in order and takes the first that overlaps no other
+    label, marker or the legend and stays inside the axes (else the one that overlaps least).
+    """
+    fig.canvas.draw()
+    px = fig.dpi / 72.0
+    box = ax.get_window_extent()
+    legend = ax.get_legend()
+    taken: list[tuple[float, float, float, float]] = []
+    if legend is not None:
+        lb = legend.get_window_extent()
+        taken.append((lb.x0, lb.y0, lb.x1, lb.y1))
+    points = [(ax.transData.transform((lab.x, lab.y)), lab) for lab in labels]
+    for (cx, cy), lab in points:
+        r = (lab.size**0.5) / 2 * px + 1
+        taken.append((cx - r, cy - r, cx + r, cy + r))
+
+    def overlap(
+        a: tuple[float, float, float, float], b: tuple[float, float, float, float]
+    ) -> float:
+        w = min(a[2], b[2]) - max(a[0], b[0])
+        h = min(a[3], b[3]) - max(a[1], b[1])
+        return w * h if w > 0 and h > 0 else 0.0
+
+    for (cx, cy), lab in points:
+        w = 0.6 * fontsize * len(lab.text) * px
+        h = 1.25 * fontsize * px
+        r = (lab.size**0.5) / 2 * px
+        best: tuple[float, str, tuple[float, float, float, float]] | None = None
+        for name in _ORDER[lab.prefer]:
+            dx, dy, ha, va = _PLACES[name]
+            ox = cx + dx * px + (r if dx > 0 else -r if dx < 0 else 0)
+            oy = cy + dy * px + (r if dy > 0 else -r if dy < 0 else 0)
+            x0 = ox if ha == "left" else ox - w if ha == "right" else ox - w / 2
+            y0 = oy if va == "bottom" else oy - h if va == "top" else oy - h / 2
+            rect = (x0, y0, x0 + w, y0 + h)
+            own = (cx - r - 1, cy - r - 1, cx + r + 1, cy + r + 1)
+            score = sum(overlap(rect, t) for t in taken if t != own)
+            outside = (
+                max(0.0, box.x0 - rect[0])
+                + max(0.0, rect[2] - box.x1)
+                + max(0.0, box.y0 - rect[1])
+                + max(0.0, rect[3] - box.y1)
+            )
+            score += outside * h * 4
+            if best is None or score < best[0]:
+                best = (score, name, rect)
+            if score == 0:
+                break
+        assert best is not None
+        _, name, rect = best
+        dx, dy, ha, va = _PLACES[name]
+        shift = (lab.size**0.5) / 2
+        ax.annotate(
+            lab.text,
+            (lab.x, lab.y),
+            textcoords="offset points",
+            xytext=(
+                dx + (shift if dx > 0 else -shift if dx < 0 else 0),
+                dy + (shift if dy > 0 else -shift if dy < 0 else 0),
+            ),
+            ha=ha,
+            va=va,
+            fontsize=fontsize,
+            color=lab.color,
+        )
+        taken.append(rect)
 
 
 def write_plot(report: BenchReport, path: str | os.PathLike[str]) -> Path:
@@ -264,6 +357,7 @@ def write_plot(report: BenchReport, path: str | os.PathLike[str]) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
     try:
         seen: set[str] = set()
+        labels: list[_Label] = []
         for r in report.rows:
             x = max(r.mean_tokens, 1.0)
             y = r.evidence_recall()
@@ -285,17 +379,10 @@ def write_plot(report: BenchReport, path: str | os.PathLike[str]) -> Path:
             text = _SHORT_KIND[r.spec.kind]
             if r.spec.budget is not None:
                 text += f" {r.spec.budget / 1000:g}k"
-            ax.annotate(
-                text,
-                (x, y),
-                textcoords="offset points",
-                xytext=_OFFSETS[r.spec.kind],
-                fontsize=7,
-                color=color,
-            )
             kw = r.keyword_recall()
             # Only where the summary adds something: an equal point would hide the first.
-            if r.spec.uses_summary and kw is not None and abs(kw - y) > 0.005:
+            hollow = r.spec.uses_summary and kw is not None and abs(kw - y) > 0.005
+            if hollow and kw is not None:
                 ax.scatter(
                     [x],
                     [kw],
@@ -304,14 +391,11 @@ def write_plot(report: BenchReport, path: str | os.PathLike[str]) -> Path:
                     edgecolors=color,
                     s=60,
                 )
-                ax.annotate(
-                    f"{text} kw",
-                    (x, kw),
-                    textcoords="offset points",
-                    xytext=(6, -10),
-                    fontsize=7,
-                    color=color,
-                )
+                up = kw > y
+                labels.append(_Label(x, y, text, color, 60, "down" if up else "up"))
+                labels.append(_Label(x, kw, f"{text} kw", color, 60, "up" if up else "down"))
+            else:
+                labels.append(_Label(x, y, text, color, 140 if full else 60))
         ax.set_xscale("log")
         from matplotlib.ticker import FuncFormatter, LogLocator
 
@@ -335,6 +419,7 @@ def write_plot(report: BenchReport, path: str | os.PathLike[str]) -> Path:
                 color="0.4",
             )
         fig.tight_layout()
+        _place_labels(fig, ax, labels)
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out)
