@@ -303,6 +303,10 @@ def plan_html(plan: ContextPlan, counter: TokenCounter | None = None) -> str:
     )
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def _cost(conv: Any) -> float | None:
     """The conversation's cost so far, when a price table gives one (None until then)."""
     for owner in (conv, getattr(conv, "usage", None)):
@@ -333,8 +337,8 @@ def conversation_html(conv: Any) -> str:
         (
             "tokens so far",
             f"{usage.total_tokens:,}: {usage.prompt_tokens:,} prompt + "
-            f"{usage.completion_tokens:,} completion in {usage.calls:,} calls; "
-            f"{summary_tokens:,} in {usage.summary_calls:,} summariser calls",
+            f"{usage.completion_tokens:,} completion in {_n(usage.calls, 'call')}; "
+            f"{summary_tokens:,} in {_n(usage.summary_calls, 'summariser call')}",
         ),
         ("cost so far", "—" if cost is None else f"${cost:,.4f}"),
     ]
