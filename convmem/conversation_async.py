@@ -226,6 +226,7 @@ class AsyncConversation(_Core):
         call = self._begin(message, params.pop("tools", None), None, None, params)
         async with self._hold("preview"):
             await self.drain()
+            await self._sync_store()
             self._recheck(call)
             request = self._request(call)
             await self._run_jobs(request, self._preview_jobs(request))

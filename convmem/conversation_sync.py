@@ -221,6 +221,8 @@ class Conversation(_Core):
         """
         with self._hold("prepare_next"):
             self.drain()
+            if self._link is not None:
+                self._link.catch_up(self, self._link.fetch())
             request, jobs = self._next_request()
             if not jobs:
                 return None
@@ -236,6 +238,8 @@ class Conversation(_Core):
         call = self._begin(message, params.pop("tools", None), None, None, params)
         with self._hold("preview"):
             self.drain()
+            if self._link is not None:  # turns other processes committed meanwhile
+                self._link.catch_up(self, self._link.fetch())
             self._recheck(call)
             request = self._request(call)
             self._run_jobs(request, self._preview_jobs(request))

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
-from ..errors import UsageError
-from ..history import Summary, Turn
+from ..errors import InvalidHistoryError, UsageError
+from ..history import FrozenDict, FrozenList, Summary, Turn
 from ..messages import Message
 from .base import (
     Commit,
@@ -299,19 +299,48 @@ def _contains(tx: Tx, cid: str, current: Head, point: Head) -> bool:
     return row is not None and 0 < point.length <= int(row[0])
 
 
+def _frozen(pairs: list[tuple[str, Any]]) -> FrozenDict:
+    # json.loads builds objects bottom-up, so nested objects are frozen already; lists are not.
+    frozen = FrozenDict(pairs)
+    for key, value in pairs:
+        if type(value) is list:
+            dict.__setitem__(frozen, key, _frozen_list(value))
+    return frozen
+
+
+def _frozen_list(items: list[Any]) -> FrozenList:
+    return FrozenList(_frozen_list(v) if type(v) is list else v for v in items)
+
+
+def decode_messages(raws: Sequence[str], cid: str) -> list[Message]:
+    """Parses stored messages straight into the history's read-only form, in one call."""
+    try:
+        messages: list[Message] = json.loads("[" + ",".join(raws) + "]", object_pairs_hook=_frozen)
+    except ValueError:  # a damaged row: find it, and say which
+        for raw in raws:
+            check_message_for_read(raw, cid, -1)
+        raise
+    if not all(type(m) is FrozenDict for m in messages):
+        raise InvalidHistoryError(
+            f"store conversation {cid!r}", "a stored message is not an object"
+        )
+    return messages
+
+
 def _group(rows: Sequence[Row], cid: str) -> list[Turn]:
+    messages = decode_messages([r[2] for r in rows], cid)
     turns: list[Turn] = []
-    current_id: int | None = None
-    bucket: list[Message] = []
-    created = 0.0
-    for turn_id, created_at, raw in rows:
-        if turn_id != current_id:
-            if current_id is not None:
-                turns.append(Turn(id=current_id, messages=tuple(bucket), created_at=created))
-            current_id, bucket, created = int(turn_id), [], float(created_at)
-        bucket.append(check_message_for_read(raw, cid, int(turn_id)))
-    if current_id is not None:
-        turns.append(Turn(id=current_id, messages=tuple(bucket), created_at=created))
+    start = 0
+    for i in range(1, len(rows) + 1):
+        if i == len(rows) or rows[i][0] != rows[start][0]:
+            turns.append(
+                Turn(
+                    id=int(rows[start][0]),
+                    messages=tuple(messages[start:i]),
+                    created_at=float(rows[start][1]),
+                )
+            )
+            start = i
     return turns
 
 
