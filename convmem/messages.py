@@ -37,7 +37,9 @@ ROLE_KEYS: Mapping[str, frozenset[str]] = {
     "assistant": frozenset(
         {"role", "content", "name", "tool_calls", "function_call", "refusal", "audio"}
     ),
-    "tool": frozenset({"role", "content", "tool_call_id"}),
+    # "name" on a tool message is not in the schema but is in OpenAI's own cookbook examples
+    # and accepted by the API, so imported logs carry it.
+    "tool": frozenset({"role", "content", "tool_call_id", "name"}),
     "function": frozenset({"role", "content", "name"}),
 }
 
@@ -195,6 +197,8 @@ def _validate_content_parts(
         kind = part["type"]
         if kind not in _CONTENT_PART_TYPES:
             raise InvalidMessageError(f"unknown content part type {kind!r}", msg, index)
+        if kind == "refusal" and role != "assistant":
+            raise InvalidMessageError("only assistant messages have refusal parts", msg, index)
         if role in ("system", "developer", "tool") and kind != "text":
             raise InvalidMessageError(f"{role} content parts must be text parts", msg, index)
         if role == "assistant" and kind not in ("text", "refusal"):

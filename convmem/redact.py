@@ -26,6 +26,11 @@ from typing import Any
 
 REDACTED = "[REDACTED]"
 
+#: Shorter exact secrets are ignored: placeholders such as ``"test"``, ``"EMPTY"`` or
+#: ``"ollama"`` (what local servers take) are not credentials, and removing them everywhere
+#: would shred ordinary words in error messages.
+MIN_SECRET_LENGTH = 8
+
 # Secrets seen in this process (clients' api keys), newest last. They are in process memory
 # anyway (on the clients); kept here so text written anywhere can be cleaned of them. Bounded.
 _KNOWN: dict[str, None] = {}
@@ -57,8 +62,7 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     Args:
         text: Any text convmem is about to keep (an error message, a note, a warning).
         secrets: Exact strings to remove wherever they occur (e.g. the client's ``api_key``).
-            Values shorter than 4 characters, and None, are ignored (too short to be a key, and
-            removing them would shred ordinary text).
+            Values shorter than :data:`MIN_SECRET_LENGTH`, and None, are ignored.
 
     Returns:
         The redacted text (the same object when nothing matched).
@@ -66,7 +70,7 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     if not isinstance(text, str):
         text = str(text)
     for secret in (*secrets, *tuple(_KNOWN)):
-        if isinstance(secret, str) and len(secret) >= 4 and secret in text:
+        if isinstance(secret, str) and len(secret) >= MIN_SECRET_LENGTH and secret in text:
             text = text.replace(secret, REDACTED)
     for pattern in _PATTERNS:
         text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
@@ -75,7 +79,7 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
 
 def remember_secret(secret: str | None) -> None:
     """Adds a secret that :func:`redact` removes from then on (None and short values ignored)."""
-    if isinstance(secret, str) and len(secret) >= 4:
+    if isinstance(secret, str) and len(secret) >= MIN_SECRET_LENGTH:
         _KNOWN.pop(secret, None)
         _KNOWN[secret] = None
         while len(_KNOWN) > _MAX_KNOWN:

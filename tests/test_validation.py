@@ -138,7 +138,7 @@ def test_describe_error_and_plan_notes_are_redacted() -> None:
         budget=9,
         estimated_tokens=0,
         corrected_tokens=0,
-        notes=[f"summariser failed ({OPENAI_401})"],
+        notes=[f"summariser failed ({OPENAI_401})"],  # type: ignore[list-item]  # plain str
         summary_calls=[SummaryCall(model="m", ok=False, error=OPENAI_401)],
     )
     assert "sk-proj" not in plan.notes[0]
@@ -913,3 +913,22 @@ def test_async_conversation_validates_the_same_way() -> None:
             AsyncConversation(server.async_client(), model="gpt-4o-mini", max_tool_rounds="8")
 
     asyncio.run(main())
+
+
+def test_cookbook_tool_message_with_name_is_accepted() -> None:
+    h = History()
+    h.append(
+        [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            {"role": "tool", "tool_call_id": "call_1", "name": "f", "content": "1"},
+        ]
+    )
+    with pytest.raises(InvalidMessageError, match="only assistant messages have refusal"):
+        h.append([{"role": "user", "content": [{"type": "refusal", "refusal": "no"}]}])
+
+
+def test_placeholder_keys_are_not_redacted_from_ordinary_words() -> None:
+    remember_secret("test")
+    remember_secret("ollama")
+    assert redact("the test against ollama failed") == "the test against ollama failed"
