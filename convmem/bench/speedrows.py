@@ -39,9 +39,8 @@ def _add_summary(history: Any, budget: int, seed: int) -> tuple[int, Any]:
 
     That is where a rolling summary leaves a conversation: the older turns folded into the
     summary, the newest ones still verbatim. Counted with a counter of its own, so the rows'
-    counters still start cold. Returns ``(whole history tokens, the counter)``: the caller
-    keeps the counter alive, since turns cache counts by ``id(counter)`` and a new counter at
-    the same address would find them warm.
+    counters still start cold. Returns ``(whole history tokens, the counter)`` (turns cache
+    counts per counter object, so another counter always starts cold).
     """
     counter = _counter()
     turns = history.turn_list()
@@ -79,7 +78,7 @@ def _convmem_rows(
     }
     cells: dict[str, CellResult] = {}
     # Turns cache their counts per counter object: a fresh counter per row makes its first
-    # call a cold one. The counters stay referenced so no id() is reused within a size.
+    # call a cold one.
     counters: list[Any] = []
     for row, (strategy, window) in strategies.items():
         counter = _counter()
