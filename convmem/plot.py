@@ -370,6 +370,9 @@ def _draw(
     px = [p[0] for p in pts]
     ys = [r.estimated_tokens for _, r in pts]
     ax.plot(px, ys, color=color, lw=1.6, label=label, zorder=3)
+    # The budget moves a little while the correction from server usage is learnt: a step line.
+    limits = [r.limit for _, r in pts]
+    ax.plot(px, limits, color=color, ls=":", lw=1, drawstyle="steps-post", alpha=0.8, zorder=2)
     recalled = [r.sections.get("recalled", 0) for _, r in pts]
     if any(recalled):
         ax.fill_between(px, 0, recalled, color=color, alpha=0.18, lw=0, step="mid", zorder=1)
@@ -412,11 +415,8 @@ def _finish(
             label="whole history (no strategy)",
             zorder=2,
         )
-    budgets = sorted({r.limit for r in records})
-    for b in budgets:
-        ax.axhline(b, color="0.6", ls=":", lw=1)
     handles, labels = ax.get_legend_handles_labels()
-    if budgets:
+    if records:
         handles.append(Line2D([], [], color="0.6", ls=":", lw=1))
         labels.append("prompt budget")
     if any(r.summary_calls > r.summary_failures for r in records):
