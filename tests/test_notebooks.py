@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,30 @@ def test_notebook_runs(path: Path) -> None:
         if out.get("output_type") == "error"
     ]
     assert not errors
+    if path.name == "explore.ipynb":
+        check_explore_outputs(nb)
+
+
+def check_explore_outputs(nb: Any) -> None:
+    """The exploration notebook shows what it promises: plans and a conversation as HTML (one
+    of them with a summary), and its plots as images."""
+    html = [
+        out["data"]["text/html"]
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if "text/html" in out.get("data", {})
+    ]
+    assert any('class="convmem-plan"' in h and 'data-segment="summary"' in h for h in html)
+    assert any('class="convmem-conversation"' in h for h in html)
+    images = [
+        out
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if "image/png" in out.get("data", {})
+    ]
+    assert len(images) >= 3  # conv.plot(), compare(), the probe plot
 
 
 def test_there_is_a_notebook() -> None:
