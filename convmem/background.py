@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from .plan import Note
 from .redact import describe_error
 from .strategy import ContextRequest, Job, LocalJob
 from .workers import POOL
@@ -123,6 +124,14 @@ class _Background:
 
     _record_job: Callable[..., None]
 
+    def _warm_key(self) -> Any:
+        # A user strategy is wrapped per conversation (CheckedStrategy): what its first job
+        # imports is shared by every conversation using the same object.
+        return getattr(self.strategy, "inner", self.strategy)
+
+    def _warm(self) -> bool:
+        return _is_warm(self._warm_key())
+
     @property
     def pending_memory(self) -> list[PendingMemory]:
         """Background jobs (storing turns for recall) that failed and wait to be retried.
@@ -145,12 +154,12 @@ class _Background:
             self._record_job(request, job, self._cold_or_inline(job), turn_ids)
 
     def _cold_or_inline(self, job: LocalJob) -> JobResult:
-        if _is_warm(self.strategy):
+        if self._warm():
             return _run_local(job)
         with _COLD_LOCK:
             result = _run_local(job)
         if result.ok:
-            _mark_warm(self.strategy)
+            _mark_warm(self._warm_key())
         return result
 
     def _spawn_local(self, jobs: Sequence[Job], turn_ids: Sequence[int]) -> None:
@@ -158,7 +167,7 @@ class _Background:
         local = [j for j in jobs if isinstance(j, LocalJob)]
         if not local:
             return
-        if not _is_warm(self.strategy):
+        if not self._warm():
             # First job of this strategy: on the calling thread, so its imports never race.
             self._run_local_jobs(None, local, turn_ids)
             return
@@ -196,23 +205,32 @@ class _Background:
         if warn:
             warnings.warn(warn, RuntimeWarning, stacklevel=2)
 
-    def _memory_notes(self) -> list[str]:
+    def _memory_notes(self) -> list[Note]:
+        """Plan notes about the backlog: kinds ``memory_retrying``, ``memory_waiting`` and
+        ``memory_gave_up``, with the job's key, turn ids, attempts and last error."""
         now = time.monotonic()
         notes = []
         with self._memory_lock:
             for m in self._memory:
+                data: dict[str, Any] = {
+                    "key": m.key,
+                    "turn_ids": list(m.turn_ids),
+                    "attempts": m.attempts,
+                    "error": m.error,
+                }
                 if m.gave_up:
-                    notes.append(f"memory: gave up storing {m.describe()}; recall misses them")
+                    kind, text = "memory_gave_up", f"gave up storing {m.describe()}"
+                    text += "; recall misses them"
                 elif m.running or m.retry_at <= now:
-                    notes.append(
-                        f"memory: retrying {m.describe()} (attempt {m.attempts + 1} of "
-                        f"{MEMORY_ATTEMPTS})"
+                    kind = "memory_retrying"
+                    text = (
+                        f"retrying {m.describe()} (attempt {m.attempts + 1} of {MEMORY_ATTEMPTS})"
                     )
                 else:
-                    notes.append(
-                        f"memory: not yet stored {m.describe()}; next try in "
-                        f"{m.retry_at - now:.0f} s"
-                    )
+                    kind = "memory_waiting"
+                    data["retry_in"] = round(m.retry_at - now, 1)
+                    text = f"not yet stored {m.describe()}; next try in {m.retry_at - now:.0f} s"
+                notes.append(Note(kind, {**data, "text": f"memory: {text}"}))
         return notes
 
     def _due_memory(self, *, everything: bool = False) -> list[tuple[LocalJob, tuple[int, ...]]]:

@@ -25,14 +25,13 @@ from .background import (
     JobResult,
     PendingMemory,
     _Background,
-    _is_warm,
 )
 from .errors import StreamAbandonedError, ToolRoundsExceededError, UsageError
 from .gate import _Gate
 from .history import History, Summary, Turn, load_conversation
 from .messages import Message, open_tool_call_ids, user_message
 from .models import resolve_context_window
-from .plan import ContextPlan
+from .plan import ContextPlan, Note
 from .plot import CallRecord
 from .redact import describe_error, remember_client
 from .replies import Chooser, assistant_message, check_completion
@@ -79,7 +78,7 @@ class _Call:
     rounds: int = 0
     final: Message | None = None
     plans: list[ContextPlan] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -290,9 +289,6 @@ class _Core(_Background):
         if self.closed:
             raise UsageError(f"this {type(self).__name__} is closed")
 
-    def _warm(self) -> bool:
-        return _is_warm(self.strategy)
-
     def _preview_jobs(self, request: ContextRequest) -> list[Job]:
         """The jobs a preview runs: local ones only (no summariser call is made)."""
         return [j for j in self._jobs(request) if isinstance(j, LocalJob)]
@@ -391,7 +387,9 @@ class _Core(_Background):
         else:
             self.last_plan = call.plans[-1] if call.plans else None
         if self.last_plan is not None:
-            self.last_plan.notes.append(f"call failed, nothing committed: {describe_error(exc)}")
+            error = describe_error(exc)
+            text = f"call failed, nothing committed: {error}"
+            self.last_plan.notes.append(Note("call_failed", {"error": error, "text": text}))
 
     def _kwargs(self, call: _Call, plan: ContextPlan, *, stream: bool) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"model": self.model, "messages": plan.messages}

@@ -28,6 +28,7 @@ from convmem import (
     Turn,
 )
 from convmem.conversation_core import _Core
+from convmem.plan import as_note
 from convmem.testing import FakeChatServer, ToolCallSpec
 
 
@@ -63,7 +64,7 @@ class Recorder(KeepAll):
     def build(self, request: ContextRequest) -> ContextPlan:
         plan = super().build(request)
         result = request.results.get("rec:query")
-        plan.notes.append(f"saw {result.value if result else None}")
+        plan.notes.append(as_note(f"saw {result.value if result else None}"))
         return plan
 
 
@@ -169,7 +170,7 @@ def test_sync_and_async_send_the_same_requests_and_end_in_the_same_state() -> No
 
     assert _strip_times(json.loads(sync["json"])) == _strip_times(json.loads(async_["json"]))
     assert sync["failed_plan_notes"][-1].startswith("call failed, nothing committed")
-    assert "saw query over" in sync["preview"]["notes"][0]
+    assert "saw query over" in sync["preview"]["notes"][0]["text"]
     # Every turn was stored once, the imported ones and the loaded conversation's too.
     assert {"store [4]", "store [0, 1, 2, 3, 4]", "store [5]"} <= set(sync["jobs"])
 

@@ -33,6 +33,7 @@ from convmem import (
     UsageError,
 )
 from convmem import background as core
+from convmem.plan import as_note
 from convmem.testing import FakeChatServer, ToolCallSpec
 from convmem.workers import POOL
 
@@ -73,7 +74,7 @@ class Remembering(KeepAll):
         plan = super().build(request)
         result = request.results.get("mem:query")
         if result is not None and not result.ok:
-            plan.notes.append(f"query failed: {result.error}")
+            plan.notes.append(as_note(f"query failed: {result.error}"))
         return plan
 
 
