@@ -233,6 +233,8 @@ def test_json_export_import_between_stores(tmp_path: Any, sqlite: Any) -> None:
     assert [t.messages for t in other.load("c").turns] == [
         t.messages for t in sqlite.load("c").turns
     ]
+    with pytest.raises(UsageError, match="already exists in the store"):
+        Conversation.from_json(server.client(), conv.to_json(), store=other, conversation_id="c")
     other.close()
 
 

@@ -118,6 +118,11 @@ class StoreLink:
                 self.head = commit.head
                 self._write_summaries(core)  # now that the turns they cover exist
             return
+        if len(core.history):
+            raise UsageError(
+                f"conversation {self.conversation_id!r} already exists in the store: resume it "
+                "without history=/from_json, or import under another conversation_id"
+            )
         history = History(core.history.system if system_given else stored.system)
         history.restore_tail(stored.turns, summaries=stored.summaries)
         core.history = history
