@@ -173,8 +173,8 @@ def test_store_against_a_model(kind: str, request: pytest.FixtureRequest) -> Non
     machine = type("Machine", (StoreMachine,), {"spec": spec})
     runner = machine.TestCase
     runner.settings = settings(
-        max_examples=15 if kind == "sqlite" else 6,
-        stateful_step_count=25,
+        max_examples=12 if kind == "sqlite" else 5,
+        stateful_step_count=20,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow],
     )
