@@ -60,11 +60,13 @@ from .strategy import (
 )
 from .tokens import TiktokenCounter, TokenCounter, UsageCalibrator, default_counter
 from .usage import Usage
+from .wrap import AsyncMemoryOpenAI, MemoryOpenAI, wrap
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncConversation",
+    "AsyncMemoryOpenAI",
     "Budget",
     "BudgetError",
     "ContextOverflowError",
@@ -81,6 +83,7 @@ __all__ = [
     "KeepAll",
     "LLMJob",
     "LocalJob",
+    "MemoryOpenAI",
     "MissingExtraError",
     "ObservingStrategy",
     "PreparingStrategy",
@@ -112,4 +115,5 @@ __all__ = [
     "__version__",
     "default_counter",
     "redact",
+    "wrap",
 ]

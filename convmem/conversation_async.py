@@ -16,6 +16,7 @@ from openai.types.chat import ChatCompletion
 
 from .background import JobResult, _run_local, _timed_out
 from .conversation_core import (
+    RawChunk,
     _abandoned,
     _Call,
     _call_name,
@@ -339,7 +340,9 @@ class AsyncConversation(_Core):
         call = self._begin(message, tools, choose, max_tool_rounds, params)
         return self._stream(call)
 
-    async def _stream(self, call: _Call) -> AsyncIterator[StreamEvent]:
+    async def _stream(
+        self, call: _Call, create: Callable[..., Any] | None = None
+    ) -> AsyncIterator[StreamEvent]:
         claim = await self._acquire("stream")
         gate = self._gate
         try:
@@ -351,12 +354,16 @@ class AsyncConversation(_Core):
                     plan = self._build(call, request)
                     asm = StreamAssembler(time.perf_counter())
                     response = await self._create(
-                        self.client.chat.completions.create, self._kwargs(call, plan, stream=True)
+                        create or self.client.chat.completions.create,
+                        self._kwargs(call, plan, stream=True),
                     )
                     claim.response = response
                     try:
                         async for chunk in response:
-                            for event in asm.feed(chunk):
+                            events: Sequence[Any] = asm.feed(chunk)
+                            if call.raw:
+                                events = [RawChunk(chunk)]
+                            for event in events:
                                 gate.suspend(claim)
                                 yield event
                                 self._resume(claim, asm)

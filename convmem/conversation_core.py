@@ -75,11 +75,21 @@ class _Call:
     max_tool_rounds: int
     budget_reserve: int
     continues: bool = False
+    #: Yield each raw SDK chunk (as :class:`RawChunk`) instead of typed events: ``convmem.wrap``
+    #: hands the caller the SDK's own stream.
+    raw: bool = False
     rounds: int = 0
     final: Message | None = None
     plans: list[ContextPlan] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class RawChunk:
+    """A streamed ``ChatCompletionChunk`` as the SDK parsed it (raw streams only)."""
+
+    chunk: Any
 
 
 def default_reply_reserve(context_window: int) -> int:

@@ -15,6 +15,7 @@ from openai.types.chat import ChatCompletion
 
 from .background import JobResult, _run_local, _timed_out
 from .conversation_core import (
+    RawChunk,
     _abandoned,
     _Call,
     _call_name,
@@ -359,7 +360,9 @@ class Conversation(_Core):
         call = self._begin(message, tools, choose, max_tool_rounds, params)
         return self._stream(call)
 
-    def _stream(self, call: _Call) -> Iterator[StreamEvent]:
+    def _stream(
+        self, call: _Call, create: Callable[..., Any] | None = None
+    ) -> Iterator[StreamEvent]:
         claim = self._acquire("stream")
         try:
             try:
@@ -370,12 +373,16 @@ class Conversation(_Core):
                     plan = self._build(call, request)
                     asm = StreamAssembler(time.perf_counter())
                     response = self._create(
-                        self.client.chat.completions.create, self._kwargs(call, plan, stream=True)
+                        create or self.client.chat.completions.create,
+                        self._kwargs(call, plan, stream=True),
                     )
                     claim.response = response
                     try:
                         for chunk in response:
-                            for event in asm.feed(chunk):
+                            events: Sequence[Any] = asm.feed(chunk)
+                            if call.raw:
+                                events = [RawChunk(chunk)]
+                            for event in events:
                                 yield from self._hand_over(claim, event, asm)
                     except json.JSONDecodeError as exc:  # an SSE line that is not JSON
                         raise not_json(exc) from exc

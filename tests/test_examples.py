@@ -12,7 +12,13 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 OFFLINE = ["truncate.py", "testing_your_loop.py"]
 NEEDS_EMBEDDINGS = ["vector_recall.py"]
-NEEDS_LLAMA = ["quickstart.py", "rolling_summary.py", "pipeline.py"]
+NEEDS_LLAMA = [
+    "quickstart.py",
+    "rolling_summary.py",
+    "pipeline.py",
+    "wrap_loop.py",
+    "wrap_async_stream.py",
+]
 
 
 def run(name: str) -> str:
