@@ -173,7 +173,7 @@ def _build(strategy: Any, req: ContextRequest) -> ContextPlan | None:
         return None  # allowed: nothing fits; it must never send an invalid request instead
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(req=requests())
 def test_every_strategy_keeps_the_invariants(req: ContextRequest) -> None:
     from convmem.errors import BudgetError

@@ -142,7 +142,11 @@ class Composition:
             oldest = min(t.id for t in self.recent)
             end = history.index_after(oldest) - 1
         dropped: Sequence[int]
-        if self.summary is not None and not self.summary.is_prefix:
+        contiguous_from_start = self.summary is None or (
+            self.summary.is_prefix and (not turns or self.summary.first <= turns[0].id)
+        )
+        if not contiguous_from_start:
+            assert self.summary is not None
             dropped = [t.id for t in turns[:end] if t.id not in self.summary.covered]
         else:
             start = 0
@@ -482,13 +486,15 @@ def recent_horizon(
     *,
     summary: Summary | None,
     summary_tokens: int,
+    candidates: Sequence[Turn],
     ahead: int = 0,
 ) -> int:
-    """The id of the oldest turn the recent filler is sure to keep, given a summary section.
+    """The id of the oldest candidate turn the recent filler is sure to keep, given a summary.
 
     Runs the filler's first pass (recall reserves held back, no recall results read) with a
-    summary section of ``summary_tokens`` covering ``summary``'s turns. Unsummarised turns older
-    than the answer would be dropped: a summary component covers them first. Pure and
+    summary section of ``summary_tokens`` covering ``summary``'s turns. ``candidates`` (the
+    unsummarised turns, oldest first) older than the answer would be dropped: a summary
+    component covers them first. Pure and
     deterministic, so ``prepare`` and ``build`` agree. ``ahead`` holds back room for a message
     not known yet (a summary made ahead of the next call).
 
@@ -503,13 +509,36 @@ def recent_horizon(
     for rec in parts.recalls:
         comp.reserved[_key(rec)] = rec.reserve(comp)
     parts.filler.contribute(comp)
-    # The oldest turn of the unbroken run of sent or covered turns that ends at the newest.
+    # The oldest of the ``candidates`` (the turns the summary does not cover, oldest first) in
+    # the unbroken run of them that the filler sends, ending at the newest. Only candidates are
+    # walked: the covered prefix can be 100k turns long.
     horizon = request.pending_id
-    for turn in reversed(request.history.turn_list()):
-        if not comp.is_decided(turn.id):
+    for turn in reversed(candidates):
+        if turn.id not in comp.decisions:
             break
         horizon = turn.id
     return horizon
+
+
+def sends_everything(
+    request: ContextRequest, components: Sequence[Component], tokens: int, turns: int
+) -> bool:
+    """True when the default recent-turn policy surely sends ``turns`` newest turns that, with
+    everything else, cost ``tokens`` (estimate units): no recall reserve, no turn limit below
+    ``turns``, and ``tokens`` within the prompt budget. A cheap test that spares summary
+    components a trial composition on most calls."""
+    parts = _parts(components)
+    filler = parts.filler
+    if parts.recalls or not isinstance(filler, RecentTurns):
+        return False
+    if type(filler).contribute is not RecentTurns.contribute:
+        return False  # another policy: only a trial composition can tell
+    if filler.max_turns is not None and filler.max_turns < turns:
+        return False
+    limit = request.budget.limit
+    if filler.max_tokens is not None:
+        limit = min(limit, request.budget.to_estimate(filler.max_tokens))
+    return tokens <= limit
 
 
 def _key(component: object) -> str:

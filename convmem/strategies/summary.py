@@ -13,7 +13,7 @@ from ..messages import Message, text_of
 from ..plan import ContextPlan, SummaryCall
 from ..quoting import QUOTE_MARK, data_section, quote_lines, quote_speaker, quoted_block
 from ..strategy import ContextRequest, Job, LLMJob
-from .compose import Component, Composition, compose, recent_horizon
+from .compose import Component, Composition, compose, recent_horizon, sends_everything
 
 #: The summariser's instructions: durable facts, not prose.
 DEFAULT_SUMMARY_PROMPT = """\
@@ -169,6 +169,10 @@ class RollingSummary:
         self.summary_role = summary_role
         self.timeout = timeout
         self.summarizer_window = summarizer_window
+        # The last selection, for the request it was made for (prepare and build share it).
+        self._last_select: (
+            tuple[ContextRequest, tuple[int, ...], tuple[list[Turn], str | None]] | None
+        ) = None
         # (id(summary), id(counter), role) -> (summary, counter, tokens): the objects are kept
         # and compared with `is`, so an id reused by a new object never hits a stale count.
         self._token_cache: dict[tuple[int, int, str], tuple[Summary, Any, int]] = {}
@@ -191,12 +195,16 @@ class RollingSummary:
 
     def context_tokens(self, request: ContextRequest) -> int:
         """Real tokens of sending everything not yet summarised, plus the current summary."""
+        return request.budget.corrected(self._estimate(request))
+
+    def _estimate(self, request: ContextRequest) -> int:
+        """:meth:`context_tokens` in estimate units."""
         est = request.fixed_tokens + request.pending_tokens + _ahead(request)
         est += sum(request.turn_tokens(t) for t in self.unsummarised(request))
         summary = request.history.latest_summary
         if summary is not None:
             est += self._summary_tokens(summary, request)
-        return request.budget.corrected(est)
+        return est
 
     def _summary_tokens(self, summary: Summary, request: ContextRequest) -> int:
         """Tokens of the summary message, counted once per summary and counter."""
@@ -242,17 +250,50 @@ class RollingSummary:
     def _select(
         self, request: ContextRequest, components: Sequence[Component] | None
     ) -> tuple[list[Turn], str | None]:
-        """The selection, and why part of the gap cannot be covered (None when all is)."""
+        """The selection, and why part of the gap cannot be covered (None when all is).
+
+        ``prepare`` and ``build`` of one call ask with the same request: the answer is kept
+        for it (the newest request only).
+        """
+        components = components if components is not None else [self]
+        last = self._last_select
+        if last is not None and last[0] is request and last[1] == tuple(map(id, components)):
+            return last[2]
+        answer = self._select_uncached(request, components)
+        self._last_select = (request, tuple(map(id, components)), answer)
+        return answer
+
+    def _select_uncached(
+        self, request: ContextRequest, components: Sequence[Component]
+    ) -> tuple[list[Turn], str | None]:
         unsummarised = self.unsummarised(request)
         if not unsummarised:
             return [], None
-        components = components if components is not None else [self]
         latest = request.history.latest_summary
-        due = self.due(request)
+        estimate = self._estimate(request)
+        due = len(unsummarised) >= 2 and self.should_summarize(
+            request.budget.corrected(estimate), request.budget.context_window, self.trigger
+        )
+        # The unsummarised turns are the newest ones in a row (the usual prefix summary)...
+        suffix = latest is None or (
+            latest.is_prefix and latest.first <= request.history.turn_list()[0].id
+        )
+        # ... and they all fit: decided without a trial composition (the common case).
+        if (
+            not due
+            and suffix
+            and sends_everything(request, components, estimate, len(unsummarised))
+        ):
+            return [], None
         try:
             current = self._summary_tokens(latest, request) if latest is not None else 0
             horizon = recent_horizon(
-                request, components, summary=latest, summary_tokens=current, ahead=_ahead(request)
+                request,
+                components,
+                summary=latest,
+                summary_tokens=current,
+                candidates=unsummarised,
+                ahead=_ahead(request),
             )
             if not due and unsummarised[0].id >= horizon:
                 return [], None  # every unsummarised turn is still sent
@@ -262,6 +303,7 @@ class RollingSummary:
                 components,
                 summary=latest,
                 summary_tokens=self.summary_cap(request),
+                candidates=unsummarised,
                 ahead=_ahead(request),
             )
         except ConvmemError:
