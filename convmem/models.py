@@ -11,9 +11,35 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Literal
 
 from .errors import UnknownModelError, UsageError
+
+WindowSource = Literal["table", "server", "caller", "learnt"]
+"""Where a context window came from."""
+
+
+@dataclass(frozen=True)
+class WindowInfo:
+    """A context window and where it came from.
+
+    Attributes:
+        tokens: The window, in tokens (prompt and reply together).
+        source: ``"table"`` (:data:`convmem.models.CONTEXT_WINDOWS`), ``"server"`` (asked
+            from the server), ``"caller"`` (``context_window=``) or ``"learnt"`` (from an
+            overflow error).
+        detail: Where exactly, e.g. ``"vLLM /v1/models max_model_len"``.
+    """
+
+    tokens: int
+    source: WindowSource
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.tokens} ({self.source}{': ' + self.detail if self.detail else ''})"
+
 
 _OPENAI: dict[str, int] = {
     "gpt-5": 400_000,
@@ -57,20 +83,39 @@ _OPENAI: dict[str, int] = {
 }
 
 _QWEN: dict[str, int] = {
-    # DashScope (Alibaba Cloud Model Studio) commercial models.
+    # DashScope (Alibaba Cloud Model Studio) commercial models, as Model Studio lists them
+    # (context window; DashScope also caps the input a little below it, and says so in its
+    # 400: "Range of input length should be [1, N]", which convmem learns from).
+    "qwen3-max": 262_144,
     "qwen-max": 32_768,
     "qwen-plus": 131_072,
+    "qwen-flash": 1_000_000,
     "qwen-turbo": 1_000_000,
     "qwen-long": 10_000_000,
-    # Open-weight Qwen3: the small ones are 32k, the rest 128k (as DashScope serves them).
-    "qwen3-0.6b": 32_768,
-    "qwen3-1.7b": 32_768,
-    "qwen3-4b": 131_072,
-    "qwen3-8b": 131_072,
-    "qwen3-14b": 131_072,
-    "qwen3-32b": 131_072,
-    "qwen3-30b-a3b": 131_072,
-    "qwen3-235b-a22b": 131_072,
+    "qwen3-coder-plus": 1_000_000,
+    "qwen3-coder-flash": 1_000_000,
+    "qwen-coder-plus": 131_072,
+    "qwen-vl-max": 131_072,
+    "qwen-vl-plus": 131_072,
+    "qwen3-vl-plus": 262_144,
+    "qwen3-vl-flash": 262_144,
+    "qwq-plus": 131_072,
+    "qvq-max": 131_072,
+    # Qwen3 open-weight models: 32,768 tokens natively (131,072 only with YaRN rope scaling,
+    # which a server must be started with; vLLM's tutorials run --max-model-len 32768). The
+    # family key catches every size and its -instruct/-thinking variants.
+    "qwen3": 32_768,
+    "qwen3-vl": 131_072,
+    "qwen3-next-80b-a3b": 131_072,
+    # The 2507 updates are 262,144 natively.
+    "qwen3-4b-instruct-2507": 262_144,
+    "qwen3-4b-thinking-2507": 262_144,
+    "qwen3-30b-a3b-instruct-2507": 262_144,
+    "qwen3-30b-a3b-thinking-2507": 262_144,
+    "qwen3-235b-a22b-instruct-2507": 262_144,
+    "qwen3-235b-a22b-thinking-2507": 262_144,
+    "qwen3-coder-30b-a3b-instruct": 262_144,
+    "qwen3-coder-480b-a35b-instruct": 262_144,
     # Qwen2.5 instruct models (matched by prefix: "qwen2.5-72b-instruct").
     "qwen2.5-0.5b": 32_768,
     "qwen2.5-1.5b": 32_768,
@@ -127,8 +172,10 @@ _OPEN: dict[str, int] = {
     "claude-3-7": 200_000,
     "claude-sonnet-4": 200_000,
     "claude-opus-4": 200_000,
-    # Hugging Face SmolLM2 (135M, 360M, 1.7B): the model the local tests serve.
-    "smollm2": 8_192,
+    # Hugging Face SmolLM2 (135M, 360M, 1.7B): trained for 8,192 tokens, but served with
+    # 2,048 per slot by convmem's local llama.cpp server (convmem.localserver), the one
+    # place it is used here. Serving it wider? Pass context_window= or "server".
+    "smollm2": 2_048,
 }
 
 CONTEXT_WINDOWS: Mapping[str, int] = MappingProxyType({**_OPENAI, **_QWEN, **_OPEN})
@@ -246,4 +293,33 @@ def resolve_context_window(model: str, override: int | None = None) -> int:
     return window
 
 
-__all__ = ["CONTEXT_WINDOWS", "context_window_for", "resolve_context_window"]
+def resolve_window(model: str, override: int | None = None) -> WindowInfo | None:
+    """The window from the caller or the table, with its source; None when neither knows.
+
+    Args:
+        model: The model name.
+        override: A window given by the caller; it wins over the table.
+
+    Returns:
+        ``WindowInfo(override, "caller")``, ``WindowInfo(table value, "table", key)`` or None
+        (the server may still tell: see :func:`convmem.providers.discover`).
+
+    Raises:
+        UsageError: ``override`` is not a positive integer.
+    """
+    if override is not None:
+        return WindowInfo(resolve_context_window(model, override), "caller", "context_window=")
+    window = context_window_for(model)
+    if window is None:
+        return None
+    return WindowInfo(window, "table", "convmem.models.CONTEXT_WINDOWS")
+
+
+__all__ = [
+    "CONTEXT_WINDOWS",
+    "WindowInfo",
+    "WindowSource",
+    "context_window_for",
+    "resolve_context_window",
+    "resolve_window",
+]

