@@ -229,6 +229,7 @@ class AsyncConversation(_Core):
             await self.drain()
             await self._sync_store()
             self._recheck(call)
+            await self._aconsult_server(call.pending)
             request = self._request(call)
             await self._run_jobs(request, self._preview_jobs(request))
             return self._preview_plan(call, request)
@@ -266,6 +267,7 @@ class AsyncConversation(_Core):
         await self._sync_store()
         self._recheck(call)
         self._retry_memory()
+        await self._aconsult_server(call.pending)
 
     async def _create(self, create: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
         try:
@@ -287,7 +289,14 @@ class AsyncConversation(_Core):
                     request = self._request(call)
                     await self._run_jobs(request, self._jobs(request))
                     plan = self._build(call, request)
-                    completion = await self._create(create, self._kwargs(call, plan, stream=False))
+                    try:
+                        completion = await self._create(
+                            create, self._kwargs(call, plan, stream=False)
+                        )
+                    except openai.APIStatusError as exc:
+                        if self._overflow(call.refused, plan, exc):
+                            continue  # learnt from the refusal: rebuild and retry, once
+                        raise
                     tool_calls = self._on_completion(call, plan, completion)
                     if tool_calls is None:
                         break
@@ -353,10 +362,15 @@ class AsyncConversation(_Core):
                     await self._run_jobs(request, self._jobs(request))
                     plan = self._build(call, request)
                     asm = StreamAssembler(time.perf_counter())
-                    response = await self._create(
-                        create or self.client.chat.completions.create,
-                        self._kwargs(call, plan, stream=True),
-                    )
+                    try:
+                        response = await self._create(
+                            create or self.client.chat.completions.create,
+                            self._kwargs(call, plan, stream=True),
+                        )
+                    except openai.APIStatusError as exc:
+                        if self._overflow(call.refused, plan, exc):
+                            continue  # learnt from the refusal: rebuild and retry, once
+                        raise
                     claim.response = response
                     try:
                         async for chunk in response:

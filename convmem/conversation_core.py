@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from openai.types.chat import ChatCompletion
 
@@ -26,12 +26,17 @@ from .background import (
     PendingMemory,
     _Background,
 )
-from .errors import StreamAbandonedError, ToolRoundsExceededError, UsageError
+from .conversation_server import _ServerFacts
+from .errors import (
+    ContextOverflowError,
+    StreamAbandonedError,
+    ToolRoundsExceededError,
+    UsageError,
+)
 from .gate import _Gate
 from .history import History, Summary, Turn, load_conversation
 from .messages import Message, open_tool_call_ids, user_message
-from .models import resolve_context_window
-from .plan import ContextPlan, Note
+from .plan import ContextPlan, Note, RefusedAttempt
 from .plot import CallRecord
 from .redact import describe_error, remember_client
 from .replies import Chooser, assistant_message, check_completion
@@ -46,7 +51,7 @@ from .strategy import (
     Strategy,
 )
 from .streaming import StreamAssembler
-from .tokens import TokenCounter, UsageCalibrator, default_counter
+from .tokens import TokenCounter, UsageCalibrator
 from .tools import ToolRegistry
 from .usage import Usage
 
@@ -83,6 +88,7 @@ class _Call:
     plans: list[ContextPlan] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    refused: list[RefusedAttempt] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -97,8 +103,9 @@ def default_reply_reserve(context_window: int) -> int:
     return max(1, min(DEFAULT_MAX_REPLY_RESERVE, context_window // 8))
 
 
-class _Core(_Background):
-    """Everything both conversation classes share. No I/O happens here."""
+class _Core(_Background, _ServerFacts):
+    """Everything both conversation classes share. No I/O happens here (except asking the
+    server about itself, in :class:`~convmem.conversation_server._ServerFacts`)."""
 
     #: Load a stored conversation in the constructor (the async class loads at its first call).
     _load_on_init = True
@@ -110,7 +117,7 @@ class _Core(_Background):
         model: str,
         system: str | Mapping[str, Any] | None = None,
         strategy: Strategy | None = None,
-        context_window: int | None = None,
+        context_window: int | Literal["server"] | None = None,
         counter: TokenCounter | None = None,
         reply_reserve: int | None = None,
         send_reasoning: bool = False,
@@ -150,15 +157,8 @@ class _Core(_Background):
                 stored = self._link.load()
                 if context_window is None and stored is not None:
                     context_window = stored.context_window
-        self.context_window = resolve_context_window(model, context_window)
-        if reply_reserve is not None and not (0 < reply_reserve < self.context_window):
-            raise UsageError(
-                f"reply_reserve must be between 1 and the context window "
-                f"({self.context_window}), got {reply_reserve}"
-            )
-        self.reply_reserve = reply_reserve or default_reply_reserve(self.context_window)
         self.strategy: Strategy = strategy if strategy is not None else KeepAll()
-        self.counter: TokenCounter = counter if counter is not None else default_counter(model)
+        self._init_window(context_window, reply_reserve, counter)
         self.history = history if history is not None else History(system)
         if history is not None and system is not None:
             self.history.set_system(system)
@@ -277,7 +277,7 @@ class _Core(_Background):
             if params.get(key) is not None:
                 _check.positive_int(key, params[key])  # True is not a token count
         reserve = params.get("max_completion_tokens") or params.get("max_tokens")
-        if reserve is not None and reserve >= self.context_window:
+        if reserve is not None and self.context_window and reserve >= self.context_window:
             raise UsageError(
                 f"max_tokens={reserve} leaves no room for the prompt in a "
                 f"{self.context_window}-token window"
@@ -291,7 +291,7 @@ class _Core(_Background):
             registry=registry,
             choose=choose,
             max_tool_rounds=rounds,
-            budget_reserve=int(reserve) if reserve else self.reply_reserve,
+            budget_reserve=int(reserve) if reserve else 0,
             continues=message is None,
         )
 
@@ -304,7 +304,7 @@ class _Core(_Background):
         return [j for j in self._jobs(request) if isinstance(j, LocalJob)]
 
     def _preview_plan(self, call: _Call, request: ContextRequest) -> ContextPlan:
-        plan = self.strategy.build(request)
+        plan = self._mark_plan(self.strategy.build(request), ())
         plan.notes.extend(call.notes)
         return plan
 
@@ -334,9 +334,15 @@ class _Core(_Background):
         call.notes = self._memory_notes()
 
     def _request(self, call: _Call) -> ContextRequest:
+        reserve = call.budget_reserve or self.reply_reserve
+        if reserve >= self.context_window:  # a window learnt from the server after _begin
+            raise UsageError(
+                f"max_tokens={reserve} leaves no room for the prompt in a "
+                f"{self.context_window}-token window ({self.window})"
+            )
         budget = Budget(
-            context_window=self.context_window,
-            reply_reserve=call.budget_reserve,
+            context_window=self._effective_window(reserve),
+            reply_reserve=reserve,
             ratio=self.calibrator.ratio(self.model),
         )
         tools = call.registry.schemas if call.registry else call.params.get("tools")
@@ -376,7 +382,12 @@ class _Core(_Background):
             )
 
     def _build(self, call: _Call, request: ContextRequest) -> ContextPlan:
-        plan = self.strategy.build(request)
+        try:
+            plan = self._mark_plan(self.strategy.build(request), call.refused)
+        except ContextOverflowError as exc:
+            if call.refused:  # the server refused, and the strategy cannot send less
+                raise self._overflow_error(exc, call.refused) from exc
+            raise
         if plan.new_summary is not None:
             # A summary is a derived record of committed turns: it is kept even if the call
             # then fails, so the next call does not pay for it again. Messages are untouched.
@@ -474,7 +485,7 @@ class _Core(_Background):
             registry=None,
             choose=None,
             max_tool_rounds=0,
-            budget_reserve=self.reply_reserve,
+            budget_reserve=0,
         )
         request = self._request(call)
         return request, [j for j in self._jobs(request) if isinstance(j, LLMJob)]

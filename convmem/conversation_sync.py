@@ -99,6 +99,8 @@ class Conversation(_Core):
                 "use AsyncConversation(client, ...) with an async client"
             )
         super().__init__(client, **kwargs)
+        if self._ask_server:  # not in the table: the server says, or UnknownModelError
+            self._consult_server()
 
     # -- holding the conversation -------------------------------------------------------------
     def _acquire(self, kind: str) -> _Claim:
@@ -305,6 +307,7 @@ class Conversation(_Core):
             self._link.catch_up(self, self._link.fetch())
         self._recheck(call)
         self._retry_memory()
+        self._consult_server(call.pending)
 
     def _create(self, create: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
         try:
@@ -326,7 +329,12 @@ class Conversation(_Core):
                     request = self._request(call)
                     self._run_jobs(request, self._jobs(request))
                     plan = self._build(call, request)
-                    completion = self._create(create, self._kwargs(call, plan, stream=False))
+                    try:
+                        completion = self._create(create, self._kwargs(call, plan, stream=False))
+                    except openai.APIStatusError as exc:
+                        if self._overflow(call.refused, plan, exc):
+                            continue  # learnt from the refusal: rebuild and retry, once
+                        raise
                     tool_calls = self._on_completion(call, plan, completion)
                     if tool_calls is None:
                         break
@@ -372,10 +380,15 @@ class Conversation(_Core):
                     self._run_jobs(request, self._jobs(request))
                     plan = self._build(call, request)
                     asm = StreamAssembler(time.perf_counter())
-                    response = self._create(
-                        create or self.client.chat.completions.create,
-                        self._kwargs(call, plan, stream=True),
-                    )
+                    try:
+                        response = self._create(
+                            create or self.client.chat.completions.create,
+                            self._kwargs(call, plan, stream=True),
+                        )
+                    except openai.APIStatusError as exc:
+                        if self._overflow(call.refused, plan, exc):
+                            continue  # learnt from the refusal: rebuild and retry, once
+                        raise
                     claim.response = response
                     try:
                         for chunk in response:

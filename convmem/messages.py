@@ -25,8 +25,10 @@ Message = dict[str, Any]
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _CONTENT_PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
 
-#: Keys convmem records in the history but never sends unless asked to.
-PRIVATE_KEYS = frozenset({"reasoning_content"})
+#: Keys convmem records in the history but never sends unless asked to: a thinking model's
+#: reasoning, as DashScope, DeepSeek and llama.cpp name it (``reasoning_content``) and as
+#: vLLM (recent versions), Ollama and OpenRouter name it (``reasoning``).
+PRIVATE_KEYS = frozenset({"reasoning_content", "reasoning"})
 
 #: The keys each role may have (the chat-completions request schema). Any other key on a
 #: non-assistant message is refused: the API answers it with HTTP 400.
@@ -579,10 +581,11 @@ def split_turns(messages: Sequence[Message]) -> list[list[Message]]:
 def to_wire(message: Mapping[str, Any], *, send_reasoning: bool = False) -> Message:
     """Returns the form of a history message that is sent to the API.
 
-    ``reasoning_content`` stays in the history but is only sent when ``send_reasoning`` is set
-    (some providers require it back during tool-call turns; most refuse it). Other provider
-    fields recorded on an assistant reply (``reasoning``, ``annotations``, ...) are never sent:
-    only the keys of :data:`ASSISTANT_WIRE_KEYS` are.
+    The reasoning (``reasoning_content`` or ``reasoning``) stays in the history but is only
+    sent when ``send_reasoning`` is set (some providers require it back during tool-call
+    turns; most refuse it), and then under the field the server used. Other provider fields
+    recorded on an assistant reply (``annotations``, ...) are never sent: only the keys of
+    :data:`ASSISTANT_WIRE_KEYS` are.
     """
     if message.get("role") != "assistant" or message.keys() <= ASSISTANT_WIRE_KEYS:
         return dict(message)

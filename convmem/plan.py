@@ -205,6 +205,58 @@ class SummaryCall:
 
 
 @dataclass
+class RefusedAttempt:
+    """An attempt of this call that the server refused as too long, and what convmem learnt.
+
+    Attributes:
+        provider: Whose error wording it was (``"llama.cpp"``, ``"vllm"``, ...).
+        message: The server's error message.
+        estimated_tokens: convmem's raw estimate of the refused prompt.
+        corrected_tokens: That estimate after the learnt correction, at the time.
+        budget: The prompt budget it was built for.
+        context_window: The window convmem budgeted against.
+        server_context_window: The window the server stated, if it did.
+        server_prompt_tokens: The server's count of the refused prompt, if it stated one.
+        learnt: What changed (``"window 100000 -> 2048, token ratio 1.000 -> 1.310"``).
+    """
+
+    provider: str
+    message: str
+    estimated_tokens: int
+    corrected_tokens: int
+    budget: int
+    context_window: int
+    server_context_window: int | None = None
+    server_prompt_tokens: int | None = None
+    learnt: str = ""
+
+    def describe(self) -> str:
+        said = []
+        if self.server_context_window is not None:
+            said.append(f"window {self.server_context_window}")
+        if self.server_prompt_tokens is not None:
+            said.append(f"prompt {self.server_prompt_tokens} tokens")
+        numbers = f": {', '.join(said)}" if said else ""
+        return (
+            f"{self.provider}{numbers}; convmem had estimated ~{self.corrected_tokens} of "
+            f"{self.budget} in a {self.context_window}-token window"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "message": self.message,
+            "estimated_tokens": self.estimated_tokens,
+            "corrected_tokens": self.corrected_tokens,
+            "budget": self.budget,
+            "context_window": self.context_window,
+            "server_context_window": self.server_context_window,
+            "server_prompt_tokens": self.server_prompt_tokens,
+            "learnt": self.learnt,
+        }
+
+
+@dataclass
 class ContextPlan:
     """The context one call sends, with token counts and per-turn decisions.
 
@@ -224,6 +276,10 @@ class ContextPlan:
         summary_calls: Summariser calls made for this context.
         new_summary: A summary made for this call; committed with the turn.
         created_at: Unix time.
+        window_source: Where the window came from: ``"2048 (server: llama.cpp /v1/models
+            meta.n_ctx)"``; ``table``, ``server``, ``caller`` or ``learnt``.
+        refused: Earlier attempts of this call that the server refused as too long (the call
+            was rebuilt from what they taught, and retried once).
     """
 
     strategy: str
@@ -240,6 +296,8 @@ class ContextPlan:
     new_summary: Summary | None = None
     spans: list[DecisionSpan] = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
+    window_source: str = ""
+    refused: list[RefusedAttempt] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Notes quote provider errors, which can echo the API key back (convmem.redact).
@@ -338,6 +396,8 @@ class ContextPlan:
             "summary_calls": [c.to_dict() for c in self.summary_calls],
             "new_summary": self.new_summary.to_dict() if self.new_summary else None,
             "created_at": self.created_at,
+            "window_source": self.window_source,
+            "refused": [r.to_dict() for r in self.refused],
         }
 
     def to_json(self, **kwargs: Any) -> str:
@@ -351,7 +411,8 @@ class ContextPlan:
         )
         lines = [
             f"ContextPlan[{self.strategy}] ~{self.corrected_tokens} of {self.budget} prompt tokens "
-            f"(window {self.context_window}, {self.reply_reserve} kept for the reply; "
+            f"(window {self.window_source or self.context_window}, "
+            f"{self.reply_reserve} kept for the reply; "
             f"raw estimate {self.estimated_tokens}{reported})"
         ]
         for sec in self.sections:

@@ -529,7 +529,7 @@ def discover(client: Any, model: str) -> ServerInfo:
             return None
 
     _from_models(info, get(_base(client) + "/models"), model)
-    if info.window is None and info.kind in ("llama.cpp", "openai-compatible"):
+    if info.window is None and info.kind == "llama.cpp":
         _from_props(info, get(info.root + "/props"))
     if info.kind == "ollama":
         _from_ollama_ps(info, get(info.root + "/api/ps"), model)
@@ -566,7 +566,7 @@ async def adiscover(client: Any, model: str) -> ServerInfo:
             return None
 
     _from_models(info, await get(_base(client) + "/models"), model)
-    if info.window is None and info.kind in ("llama.cpp", "openai-compatible"):
+    if info.window is None and info.kind == "llama.cpp":
         _from_props(info, await get(info.root + "/props"))
     if info.kind == "ollama":
         _from_ollama_ps(info, await get(info.root + "/api/ps"), model)

@@ -16,6 +16,7 @@ from .events import ReasoningDelta, StreamEvent, TextDelta, ToolCallDelta, Usage
 class _Choice:
     content: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
+    reasoning_field: str = "reasoning_content"
     refusal: list[str] = field(default_factory=list)
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     finish_reason: str | None = None
@@ -68,10 +69,16 @@ class StreamAssembler:
                 if text:
                     state.content.append(text)
                     events.append(TextDelta(text, idx))
-                reasoning = getattr(delta, "reasoning_content", None)
-                if reasoning:
-                    state.reasoning.append(reasoning)
-                    events.append(ReasoningDelta(reasoning, idx))
+                # DashScope, DeepSeek, llama.cpp: reasoning_content; vLLM, Ollama,
+                # OpenRouter: reasoning (some vLLM versions send both, the same text: the
+                # first one wins). Kept under the field the server used.
+                for key in ("reasoning_content", "reasoning"):
+                    reasoning = getattr(delta, key, None)
+                    if reasoning and isinstance(reasoning, str):
+                        state.reasoning.append(reasoning)
+                        state.reasoning_field = key
+                        events.append(ReasoningDelta(reasoning, idx))
+                        break
                 if getattr(delta, "refusal", None):
                     state.refusal.append(delta.refusal)
                 for tc in delta.tool_calls or ():
@@ -116,7 +123,7 @@ class StreamAssembler:
             c = self._choices[idx]
             msg: dict[str, Any] = {"role": "assistant", "content": "".join(c.content) or None}
             if c.reasoning:
-                msg["reasoning_content"] = "".join(c.reasoning)
+                msg[c.reasoning_field] = "".join(c.reasoning)
             if c.refusal:
                 msg["refusal"] = "".join(c.refusal)
             if c.tool_calls:

@@ -11,10 +11,16 @@ import json
 from typing import Any
 
 import httpx2
-import openai
 import pytest
 
-from convmem import AsyncConversation, Conversation, StreamEnd, TextDelta, UsageEvent
+from convmem import (
+    AsyncConversation,
+    ContextOverflowError,
+    Conversation,
+    StreamEnd,
+    TextDelta,
+    UsageEvent,
+)
 from convmem.quoting import quote_lines
 from convmem.strategies import Pipeline, RollingSummary, Truncate
 
@@ -96,14 +102,21 @@ def test_third_request_carries_the_first_two_turns(llama_server: Any) -> None:
     assert third[2] == conv.messages[2] and third[4] == conv.messages[4]
 
 
-def test_context_overflow_400_leaves_history_unchanged(llama_server: Any) -> None:
-    # Claim a much bigger window than the server has, so convmem sends and the server refuses.
+def test_context_overflow_400_is_learnt_and_history_unchanged(llama_server: Any) -> None:
+    # Claim a much bigger window than the server has, so convmem sends and the server refuses;
+    # KeepAll cannot send less, so the error carries the server's own numbers.
     conv = Conversation(llama_server.client(), model=llama_server.model, context_window=100_000)
     conv.send("Hi", max_tokens=8)
     before = conv.messages
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(ContextOverflowError) as info:
         conv.send("lorem ipsum dolor sit amet " * 800, max_tokens=8)
     assert conv.messages == before
+    assert info.value.context_window == llama_server.context_window
+    assert info.value.needed > llama_server.context_window
+    assert isinstance(info.value.__cause__, ContextOverflowError)
+    assert "llama.cpp" in str(info.value) and "KeepAll" in str(info.value)
+    assert conv.context_window == llama_server.context_window  # learnt
+    assert conv.window is not None and conv.window.source == "learnt"
 
 
 def test_async_conversations_concurrently(llama_server: Any) -> None:

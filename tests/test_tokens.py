@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from convmem import tokens
-from convmem.tokens import encodings
 from convmem.errors import UsageError
 from convmem.tokens import (
     DEFAULT_IMAGE_TOKENS,
@@ -25,6 +24,7 @@ from convmem.tokens import (
     UsageCalibrator,
     audio_tokens,
     default_counter,
+    encodings,
     heuristic_count,
     image_size,
     image_tokens,

@@ -182,8 +182,9 @@ class _RuleCounter:
         - ``tool_calls``: each call's function name and arguments string, plus
           :data:`TOKENS_PER_TOOL_CALL`; the legacy ``function_call`` likewise.
         - ``tool_call_id``: :data:`TOKENS_PER_TOOL_CALL_ID` (ids are not billed as text).
-        - ``reasoning_content`` and ``refusal`` count as text when present: the message is
-          counted as it will be sent, so strip what is not sent before counting.
+        - ``reasoning_content`` (or ``reasoning``) and ``refusal`` count as text when
+          present: the message is counted as it will be sent, so strip what is not sent
+          before counting.
         - ``audio`` (a reference to an earlier audio reply) is not counted: its length is
           not known here. Other keys are not rendered by the API and are not counted.
 
@@ -208,7 +209,7 @@ class _RuleCounter:
 
         total = TOKENS_PER_MESSAGE
         for key, value in message.items():
-            if key in ("role", "reasoning_content", "refusal"):
+            if key in ("role", "reasoning_content", "reasoning", "refusal"):
                 total += text(value)
             elif key == "content":
                 if isinstance(value, str):
