@@ -30,7 +30,6 @@ BEING_SPLIT = {
     "bench/runner.py",  # replay runner (shared by recall and strategy work)
     "history.py",  # input validation work (issue 9.3 applies)
     "testing.py",  # may become a package (issue 9.3)
-    "tokens.py",  # providers work splits it (issue 9.3)
 }
 
 # What a plain `import convmem` must leave out: the benchmark and what only it (or an extra) needs.
