@@ -25,9 +25,7 @@ Message = dict[str, Any]
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _CONTENT_PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
 
-#: Keys convmem records in the history but never sends unless asked to: a thinking model's
-#: reasoning, as DashScope, DeepSeek and llama.cpp name it (``reasoning_content``) and as
-#: vLLM (recent versions), Ollama and OpenRouter name it (``reasoning``).
+#: Reasoning, recorded but sent only if asked: ``reasoning`` from vLLM, Ollama, OpenRouter.
 PRIVATE_KEYS = frozenset({"reasoning_content", "reasoning"})
 
 #: The keys each role may have (the chat-completions request schema). Any other key on a
@@ -581,11 +579,8 @@ def split_turns(messages: Sequence[Message]) -> list[list[Message]]:
 def to_wire(message: Mapping[str, Any], *, send_reasoning: bool = False) -> Message:
     """Returns the form of a history message that is sent to the API.
 
-    The reasoning (``reasoning_content`` or ``reasoning``) stays in the history but is only
-    sent when ``send_reasoning`` is set (some providers require it back during tool-call
-    turns; most refuse it), and then under the field the server used. Other provider fields
-    recorded on an assistant reply (``annotations``, ...) are never sent: only the keys of
-    :data:`ASSISTANT_WIRE_KEYS` are.
+    Reasoning (``reasoning_content``/``reasoning``) is sent only with ``send_reasoning``, under
+    the server's field; other reply fields (``annotations``, ...) never.
     """
     if message.get("role") != "assistant" or message.keys() <= ASSISTANT_WIRE_KEYS:
         return dict(message)
