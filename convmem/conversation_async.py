@@ -9,13 +9,15 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import openai
 from openai.types.chat import ChatCompletion
 
 from .background import JobResult, _run_local, _timed_out
 from .conversation_core import (
+    DEFAULT_JOB_TIMEOUT,
+    DEFAULT_MAX_TOOL_ROUNDS,
     RawChunk,
     _abandoned,
     _Call,
@@ -33,6 +35,11 @@ from .replies import Chooser, not_json, parsed
 from .strategy import ContextRequest, Job, LLMJob, LocalJob, PreparingStrategy
 from .streaming import StreamAssembler
 from .workers import POOL, start_daemon
+
+if TYPE_CHECKING:
+    from .history import History
+    from .strategy import Strategy
+    from .tokens import TokenCounter
 
 
 class AsyncConversation(_Core):
@@ -60,13 +67,51 @@ class AsyncConversation(_Core):
 
     _load_on_init = False  # a stored conversation loads off the event loop, at first use
 
-    def __init__(self, client: Any, *, background_summary: bool = False, **kwargs: Any) -> None:
+    # Spelled out, as in Conversation: IDEs show them, typos name AsyncConversation.
+    def __init__(
+        self,
+        client: Any,
+        *,
+        model: str,
+        system: str | Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = None,
+        strategy: Strategy | Callable[..., Any] | None = None,
+        context_window: int | Literal["server"] | None = None,
+        counter: TokenCounter | None = None,
+        reply_reserve: int | None = None,
+        send_reasoning: bool = False,
+        max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
+        conversation_id: str | None = None,
+        history: History | None = None,
+        job_timeout: float | None = DEFAULT_JOB_TIMEOUT,
+        tool_timeout: float | None = None,
+        store: Any = None,
+        on_conflict: str = "append",
+        save_plan: bool = False,
+        background_summary: bool = False,
+    ) -> None:
         if isinstance(client, openai.OpenAI):
             raise UsageError(
                 "AsyncConversation needs an openai.AsyncOpenAI client, got a blocking OpenAI: "
                 "use Conversation(client, ...) with a blocking client"
             )
-        super().__init__(client, **kwargs)
+        super().__init__(
+            client,
+            model=model,
+            system=system,
+            strategy=strategy,
+            context_window=context_window,
+            counter=counter,
+            reply_reserve=reply_reserve,
+            send_reasoning=send_reasoning,
+            max_tool_rounds=max_tool_rounds,
+            conversation_id=conversation_id,
+            history=history,
+            job_timeout=job_timeout,
+            tool_timeout=tool_timeout,
+            store=store,
+            on_conflict=on_conflict,
+            save_plan=save_plan,
+        )
         self.background_summary = background_summary
         self._tasks: set[asyncio.Task[Any]] = set()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -115,8 +115,8 @@ class _Core(_Background, _ServerFacts):
         client: Any,
         *,
         model: str,
-        system: str | Mapping[str, Any] | None = None,
-        strategy: Strategy | None = None,
+        system: str | Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = None,
+        strategy: Strategy | Callable[..., Any] | None = None,
         context_window: int | Literal["server"] | None = None,
         counter: TokenCounter | None = None,
         reply_reserve: int | None = None,

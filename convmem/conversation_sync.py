@@ -8,13 +8,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import openai
 from openai.types.chat import ChatCompletion
 
 from .background import JobResult, _run_local, _timed_out
 from .conversation_core import (
+    DEFAULT_JOB_TIMEOUT,
+    DEFAULT_MAX_TOOL_ROUNDS,
     RawChunk,
     _abandoned,
     _Call,
@@ -33,6 +35,11 @@ from .strategy import ContextRequest, Job, LLMJob, LocalJob
 from .streaming import StreamAssembler
 from .workers import POOL, start_daemon
 
+if TYPE_CHECKING:
+    from .history import History
+    from .strategy import Strategy
+    from .tokens import TokenCounter
+
 
 class Conversation(_Core):
     """A conversation over a blocking ``openai.OpenAI`` client (or any compatible server).
@@ -48,10 +55,15 @@ class Conversation(_Core):
         client: An ``openai.OpenAI`` client (``base_url`` may point at DashScope, vLLM, Ollama,
             llama.cpp, ...).
         model: The model name sent with every call.
-        system: The system prompt (pinned: never dropped, summarised or recalled).
+        system: The system prompt (pinned: never dropped, summarised or recalled): a string,
+            a list of content parts, or a whole system/developer message.
         strategy: How each call's context is built; default :class:`~convmem.strategy.KeepAll`.
-        context_window: The model's window in tokens; required when the model is not in
-            :data:`convmem.models.CONTEXT_WINDOWS`.
+        context_window: The model's window in tokens. Without it the window comes from
+            :data:`convmem.models.CONTEXT_WINDOWS`, else from the server (vLLM, llama.cpp,
+            Ollama report theirs; see :mod:`convmem.providers`); ``"server"`` asks the server
+            even for a model the table knows. A window the server reports also replaces a
+            table figure at the first call, and one learnt from an overflow error replaces
+            any. ``conv.window`` says where it came from.
         counter: A :class:`~convmem.tokens.TokenCounter`; default tiktoken for the model.
         reply_reserve: Tokens kept free for the reply when a call sets no ``max_tokens``.
         send_reasoning: Send ``reasoning_content`` back in later calls (some providers require
@@ -92,13 +104,51 @@ class Conversation(_Core):
         UsageError: ``client`` is an ``openai.AsyncOpenAI`` (use :class:`AsyncConversation`).
     """
 
-    def __init__(self, client: Any, **kwargs: Any) -> None:
+    # The parameters are spelled out (not **kwargs to _Core) so that IDEs and type checkers
+    # show them, and a misspelt one is reported against Conversation.
+    def __init__(
+        self,
+        client: Any,
+        *,
+        model: str,
+        system: str | Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = None,
+        strategy: Strategy | Callable[..., Any] | None = None,
+        context_window: int | Literal["server"] | None = None,
+        counter: TokenCounter | None = None,
+        reply_reserve: int | None = None,
+        send_reasoning: bool = False,
+        max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
+        conversation_id: str | None = None,
+        history: History | None = None,
+        job_timeout: float | None = DEFAULT_JOB_TIMEOUT,
+        tool_timeout: float | None = None,
+        store: Any = None,
+        on_conflict: str = "append",
+        save_plan: bool = False,
+    ) -> None:
         if isinstance(client, openai.AsyncOpenAI):
             raise UsageError(
                 "Conversation needs a blocking openai.OpenAI client, got an AsyncOpenAI: "
                 "use AsyncConversation(client, ...) with an async client"
             )
-        super().__init__(client, **kwargs)
+        super().__init__(
+            client,
+            model=model,
+            system=system,
+            strategy=strategy,
+            context_window=context_window,
+            counter=counter,
+            reply_reserve=reply_reserve,
+            send_reasoning=send_reasoning,
+            max_tool_rounds=max_tool_rounds,
+            conversation_id=conversation_id,
+            history=history,
+            job_timeout=job_timeout,
+            tool_timeout=tool_timeout,
+            store=store,
+            on_conflict=on_conflict,
+            save_plan=save_plan,
+        )
         if self._ask_server:  # not in the table: the server says, or UnknownModelError
             self._consult_server()
 

@@ -265,7 +265,7 @@ class History:
         system: The system prompt (string or a whole system/developer message), or None.
     """
 
-    def __init__(self, system: str | Mapping[str, Any] | None = None) -> None:
+    def __init__(self, system: str | Sequence[Any] | Mapping[str, Any] | None = None) -> None:
         self._system: Message | None = _system_message(system)
         self._system_tokens: tuple[Any, int] | None = None  # (counter, tokens)
         self._turns: list[Turn] = []
@@ -431,7 +431,7 @@ class History:
         self._turns.clear()
         self._summaries.clear()
 
-    def set_system(self, system: str | Mapping[str, Any] | None) -> None:
+    def set_system(self, system: str | Sequence[Any] | Mapping[str, Any] | None) -> None:
         self._system = _system_message(system)
         self._system_tokens = None
 
@@ -699,11 +699,14 @@ def _saved_summary(raw: Any, where: str, known: set[int]) -> Summary:
     )
 
 
-def _system_message(system: str | Mapping[str, Any] | None) -> Message | None:
+def _system_message(system: str | Sequence[Any] | Mapping[str, Any] | None) -> Message | None:
     if system is None:
         return None
-    if isinstance(system, str):
-        system = {"role": "system", "content": system}
+    if isinstance(system, (str, list, tuple)):  # text, or a list of content parts
+        system = {
+            "role": "system",
+            "content": list(system) if not isinstance(system, str) else system,
+        }
     if not isinstance(system, Mapping):
         raise InvalidMessageError(
             f"system= must be a string or a system/developer message, not {type(system).__name__}",

@@ -25,7 +25,7 @@ Message = dict[str, Any]
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _CONTENT_PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
 
-#: Reasoning, recorded but sent only if asked: ``reasoning`` from vLLM, Ollama, OpenRouter.
+#: Reasoning (``reasoning`` from vLLM, Ollama, OpenRouter): recorded, sent only if asked.
 PRIVATE_KEYS = frozenset({"reasoning_content", "reasoning"})
 
 #: The keys each role may have (the chat-completions request schema). Any other key on a
@@ -579,8 +579,7 @@ def split_turns(messages: Sequence[Message]) -> list[list[Message]]:
 def to_wire(message: Mapping[str, Any], *, send_reasoning: bool = False) -> Message:
     """Returns the form of a history message that is sent to the API.
 
-    Reasoning (``reasoning_content``/``reasoning``) is sent only with ``send_reasoning``, under
-    the server's field; other reply fields (``annotations``, ...) never.
+    Reasoning goes only with ``send_reasoning``, in the server's field; other extras never.
     """
     if message.get("role") != "assistant" or message.keys() <= ASSISTANT_WIRE_KEYS:
         return dict(message)

@@ -557,3 +557,32 @@ def test_dashscope_input_limit_is_learnt_from_its_400() -> None:
     assert server.refused == 1
     sent = server.chat_bodies[-1]["messages"]
     assert all("reasoning_content" not in m for m in sent)
+
+
+# -- the constructors ------------------------------------------------------------------------
+
+
+def test_constructors_show_their_real_parameters() -> None:
+    import inspect
+
+    from convmem.conversation_core import _Core
+
+    core = set(inspect.signature(_Core.__init__).parameters)
+    for cls in (Conversation, AsyncConversation):
+        params = inspect.signature(cls.__init__).parameters
+        assert core <= set(params), core - set(params)
+        assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    fake = FakeChatServer()
+    with pytest.raises(TypeError, match=r"Conversation.__init__\(\) got an unexpected keyword"):
+        Conversation(fake.client(), model="gpt-4o-mini", sytem="typo")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"AsyncConversation.__init__\(\)"):
+        AsyncConversation(fake.async_client(), model="gpt-4o-mini", modle="x")  # type: ignore[call-arg]
+
+
+def test_a_system_prompt_given_as_content_parts() -> None:
+    fake = FakeChatServer().reply("ok")
+    parts = [{"type": "text", "text": "You are terse."}, {"type": "text", "text": "Use metric."}]
+    conv = Conversation(fake.client(), model="gpt-4o-mini", system=parts)
+    conv.send("hi")
+    assert fake.last_request["messages"][0] == {"role": "system", "content": parts}
+    assert conv.last_plan is not None and conv.last_plan.section("system") is not None
