@@ -97,9 +97,20 @@ class _ServerFacts:
         return self.window is not None and not self._ask_server
 
     # -- asking the server (the only I/O here, written twice) ------------------------------------
+    def _wants_server(self) -> bool:
+        """Whether the server still has something to tell: the window when it is unknown,
+        else its tokenizer when convmem counts with its default counter. OpenAI's own API is
+        not asked for the latter (tiktoken is its tokenizer, and its model list has no
+        windows)."""
+        if self._ask_server:
+            return True
+        if self._server is not None or self._counter_given:
+            return False
+        return "api.openai.com" not in str(getattr(self.client, "base_url", ""))
+
     def _consult_server(self, pending: Sequence[Mapping[str, Any]] = ()) -> None:
         """Before a call: asks the server what is still unknown (blocking client)."""
-        if self._ask_server or (self._server is None and not self._counter_given):
+        if self._wants_server():
             self._apply_server(providers.discover(self.client, self.model))
         if self._count_due():
             counted = providers.count_prompt(self.client, self.model, self._sample(pending))
@@ -107,7 +118,7 @@ class _ServerFacts:
 
     async def _aconsult_server(self, pending: Sequence[Mapping[str, Any]] = ()) -> None:
         """Before a call: asks the server what is still unknown (``AsyncOpenAI`` client)."""
-        if self._ask_server or (self._server is None and not self._counter_given):
+        if self._wants_server():
             self._apply_server(await providers.adiscover(self.client, self.model))
         if self._count_due():
             sample = self._sample(pending)

