@@ -138,8 +138,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{cell(est_after):>14}"
             )
             rows.append(
-                {"case": name, "server": truth, "before": est_before, "family": est_family,
-                 "after": est_after}
+                {
+                    "case": name,
+                    "server": truth,
+                    "before": est_before,
+                    "family": est_family,
+                    "after": est_after,
+                }
             )
     json.dump(rows, sys.stderr)
     print(file=sys.stderr)

@@ -340,9 +340,10 @@ class _Core(_Background, _ServerFacts):
                 f"max_tokens={reserve} leaves no room for the prompt in a "
                 f"{self.context_window}-token window ({self.window})"
             )
+        window = self._effective_window(reserve)
         budget = Budget(
-            context_window=self._effective_window(reserve),
-            reply_reserve=reserve,
+            context_window=window,
+            reply_reserve=reserve + self._count_margin(window, reserve),
             ratio=self.calibrator.ratio(self.model),
         )
         tools = call.registry.schemas if call.registry else call.params.get("tools")

