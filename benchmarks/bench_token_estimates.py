@@ -9,8 +9,8 @@ counts (its chat template applied with ``/apply-template``, then ``/tokenize``) 
 - **family default**: the per-family default counter for the model name (SmolLM2's CJK rate),
   no server contact;
 - **after**: what a conversation now uses at its first call: the counter built from the
-  server's tokenizer (``/tokenize`` on two probe texts) and the correction learnt from one
-  calibration prompt counted on the server (a short English exchange, not the measured text).
+  server's tokenizer (``/tokenize`` on two probe texts) and the correction learnt from its first
+  prompt (system and first message) counted on the server; the whole conversation is measured.
 
 Usage::
 
@@ -105,18 +105,12 @@ def main(argv: list[str] | None = None) -> int:
             latin_ratio=info.tokenizer.latin_ratio,
             source="server",
         )
-        calibration = [system, {"role": "user", "content": "Hi! Can you help me plan a trip?"}]
-        calibrator = UsageCalibrator()
-        counted = providers.count_prompt(client, model, calibration)
-        assert counted is not None
-        calibrator.observe(model, _estimate(after, calibration), counted)
         before = TiktokenCounter(encoding="cl100k_base")
         family = default_counter(model)
         print(
             f"server: llama.cpp, {info.window}; tokenizer vs cl100k: "
             f"{info.tokenizer.latin_ratio:.2f}x on Latin text, "
-            f"{info.tokenizer.cjk_per_char:.2f} tokens per CJK character; "
-            f"calibration ratio {calibrator.ratio(model):.3f}"
+            f"{info.tokenizer.cjk_per_char:.2f} tokens per CJK character"
         )
         print(
             f"{'conversation':<14} {'server':>7} {'before':>14} {'family default':>16} "
@@ -126,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, messages in cases.items():
             truth = providers.count_prompt(client, model, messages)
             assert truth is not None
+            # What a conversation does before its first call: the first prompt (system and
+            # first message) counted on the server calibrates the estimate.
+            calibrator = UsageCalibrator()
+            first = messages[:2]
+            counted = providers.count_prompt(client, model, first)
+            assert counted is not None
+            calibrator.observe(model, _estimate(after, first), counted)
             est_before = _estimate(before, messages)
             est_family = _estimate(family, messages)
             est_after = calibrator.corrected(model, _estimate(after, messages))
