@@ -59,7 +59,10 @@ class AsyncConversation(_Core):
         background_summary: After each reply, let the strategy make the summary the next call
             would need (e.g. ``RollingSummary``) in the background, so the next call does not
             wait for it. The next call waits only if it starts before the summary is done.
-        **kwargs: The same as :class:`Conversation`.
+        model, system, strategy, context_window, ...: The same as :class:`Conversation`.
+            A window neither the caller nor the table knows is asked from the server at the
+            first call (a constructor cannot await), so an unknown model on a server that
+            cannot tell raises ``UnknownModelError`` there, before any chat request.
 
     Raises:
         UsageError: ``client`` is a blocking ``openai.OpenAI`` (use :class:`Conversation`).
