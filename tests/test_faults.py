@@ -35,7 +35,9 @@ from convmem import (
     ToolTimeoutError,
 )
 
-CLIENT_TIMEOUT = 0.6
+# Short reads make the stall faults fast; a generous connect keeps a loaded machine from
+# failing the warm-up call with ConnectTimeout.
+CLIENT_TIMEOUT = httpx2.Timeout(1.0, connect=10.0)
 TOOL_TIMEOUT = 0.3
 WATCHDOG_SECONDS = 30
 RELEASE = threading.Event()  # lets hung tools finish after their case
