@@ -53,7 +53,7 @@ from .strategy import (
 from .streaming import StreamAssembler
 from .tokens import TokenCounter, UsageCalibrator
 from .tools import ToolRegistry
-from .usage import Usage
+from .usage import Usage, cached_tokens
 
 #: Default room kept for the reply when the caller sets no ``max_tokens``: an eighth of the
 #: window, capped at 4,096 tokens.
@@ -172,6 +172,8 @@ class _Core(_Background, _ServerFacts):
         remember_client(client)  # its api_key is redacted from notes and warnings
         self.calibrator = UsageCalibrator()
         self.usage = Usage()
+        #: The messages of the last request sent, to measure the prefix the next one shares.
+        self._last_sent: list[Message] = []
         self.last_plan: ContextPlan | None = None
         self.last_completion: ChatCompletion | None = None
         self.last_ttft: float | None = None
@@ -380,6 +382,7 @@ class _Core(_Background, _ServerFacts):
             self.usage.add_summary(
                 int(getattr(usage, "prompt_tokens", 0) or 0),
                 int(getattr(usage, "completion_tokens", 0) or 0),
+                result.model or self.model,
             )
 
     def _build(self, call: _Call, request: ContextRequest) -> ContextPlan:
@@ -394,10 +397,25 @@ class _Core(_Background, _ServerFacts):
             # then fails, so the next call does not pay for it again. Messages are untouched.
             self.history.add_summary(plan.new_summary)
         plan.notes.extend(call.notes)
+        self._measure_prefix(plan)
         call.plans.append(plan)
         # Set before the request goes out, so after a failure it is the failed call's plan.
         self.last_plan = plan
         return plan
+
+    def _measure_prefix(self, plan: ContextPlan) -> None:
+        """How much of this request repeats the previous one from its start: what a provider's
+        prompt cache (OpenAI, DeepSeek, DashScope, vLLM, llama.cpp) can serve again."""
+        previous = self._last_sent
+        messages = plan.messages
+        same = 0
+        for old, new in zip(previous, messages, strict=False):
+            if old != new:
+                break
+            same += 1
+        plan.shared_prefix_messages = same
+        plan.shared_prefix_tokens = sum(self.counter.count_message(m) for m in messages[:same])
+        self._last_sent = messages
 
     def _failed(self, call: _Call, exc: BaseException) -> None:
         """Records a failed call: nothing was committed; ``last_plan`` is its last plan (the
@@ -429,7 +447,8 @@ class _Core(_Background, _ServerFacts):
         """Accounts for a response; returns the tool calls convmem must run, or None when done."""
         check_completion(completion)
         usage = completion.usage
-        self.usage.add_completion(usage)
+        plan.cost = self.usage.add_completion(usage, self.model)
+        plan.cached_tokens = None if usage is None else cached_tokens(usage)
         if usage is not None and usage.prompt_tokens:
             plan.reported_prompt_tokens = int(usage.prompt_tokens)
             self.calibrator.observe(self.model, plan.estimated_tokens, int(usage.prompt_tokens))

@@ -308,7 +308,7 @@ def _n(count: int, noun: str) -> str:
 
 
 def _cost(conv: Any) -> float | None:
-    """The conversation's cost so far, when a price table gives one (None until then)."""
+    """The conversation's cost so far (``usage.cost``; None when a model has no price)."""
     for owner in (conv, getattr(conv, "usage", None)):
         value = getattr(owner, "cost", None)
         if callable(value):

@@ -272,6 +272,13 @@ class ContextPlan:
         estimated_tokens: convmem's own count of the prompt (messages, tools, priming).
         corrected_tokens: That estimate after the per-model correction learnt from usage.
         reported_prompt_tokens: ``usage.prompt_tokens`` the server reported (after the call).
+        shared_prefix_tokens: Of the messages sent, the leading ones identical to the previous
+            request's, in convmem's count: the part a provider's prompt cache can reuse.
+        shared_prefix_messages: How many leading messages that is.
+        cached_tokens: ``usage.prompt_tokens_details.cached_tokens`` the server reported (None
+            when it did not say).
+        cost: What the call cost in US dollars (None when the model has no price, see
+            :mod:`convmem.pricing`).
         notes: Events worth knowing (thresholds hit, fallbacks taken), as :class:`Note`.
         summary_calls: Summariser calls made for this context.
         new_summary: A summary made for this call; committed with the turn.
@@ -291,6 +298,10 @@ class ContextPlan:
     estimated_tokens: int
     corrected_tokens: int
     reported_prompt_tokens: int | None = None
+    shared_prefix_tokens: int = 0
+    shared_prefix_messages: int = 0
+    cached_tokens: int | None = None
+    cost: float | None = None
     notes: list[Note] = field(default_factory=list)
     summary_calls: list[SummaryCall] = field(default_factory=list)
     new_summary: Summary | None = None
@@ -388,6 +399,10 @@ class ContextPlan:
             "estimated_tokens": self.estimated_tokens,
             "corrected_tokens": self.corrected_tokens,
             "reported_prompt_tokens": self.reported_prompt_tokens,
+            "shared_prefix_tokens": self.shared_prefix_tokens,
+            "shared_prefix_messages": self.shared_prefix_messages,
+            "cached_tokens": self.cached_tokens,
+            "cost": self.cost,
             "tokens_by_section": self.tokens_by_section(),
             "sections": [s.to_dict() for s in self.sections],
             "decisions": [d.to_dict() for d in self.turn_decisions],
@@ -429,6 +444,14 @@ class ContextPlan:
         lost = self.not_summarised
         if lost:
             lines.append(f"  {NOT_SUMMARISED} turns {_ranges(lost)}")
+        if self.shared_prefix_messages or self.cached_tokens or self.cost is not None:
+            cache = f"; server cached {self.cached_tokens}" if self.cached_tokens else ""
+            money = f"; cost ${self.cost:.6f}" if self.cost is not None else ""
+            lines.append(
+                f"  prefix    {self.shared_prefix_tokens:>7} tokens  "
+                f"{self.shared_prefix_messages:>4} messages  same as the previous request"
+                f"{cache}{money}"
+            )
         for call in self.summary_calls:
             status = "ok" if call.ok else f"FAILED ({call.error})"
             lines.append(

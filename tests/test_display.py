@@ -293,7 +293,7 @@ def test_conversation_html_before_and_after_calls() -> None:
     assert "gpt-4o-mini" in fields["model"]
     assert "128,000 tokens" in fields["window"]
     assert "Truncate" in fields["strategy"]
-    assert fields["cost so far"].endswith("—")
+    assert fields["cost so far"].endswith("$0.0000")  # gpt-4o-mini has a price, no call yet
     assert "no call yet" in root.text()
     conv.send("hi")
     conv.send("and again")
@@ -304,10 +304,20 @@ def test_conversation_html_before_and_after_calls() -> None:
     assert f"{usage.total_tokens:,}:" in fields["tokens so far"]
     assert f"in {usage.calls} calls" in fields["tokens so far"]
     assert root.find_all(**{"class": "convmem-plan"})  # the last plan is inside
-    conv.usage.cost = 0.01234  # type: ignore[attr-defined]  # what a price table will set
+    conv.usage.cost_nanousd = 12_340_000  # as if the calls had cost $0.01234
     root = parse(conv._repr_html_())
     fields = {n.attrs["data-field"]: n.text() for n in root.find_all(**{"data-field": None})}
     assert fields["cost so far"].endswith("$0.0123")
+    # A model with no price: the cost is unknown, never a guess.
+    other = Conversation(
+        FakeChatServer().reply("ok").client(), model="my-model", context_window=4096
+    )
+    other.send("hi")
+    fields = {
+        n.attrs["data-field"]: n.text()
+        for n in parse(other._repr_html_()).find_all(**{"data-field": None})
+    }
+    assert fields["cost so far"].endswith("—")
 
 
 async def test_async_conversation_html() -> None:

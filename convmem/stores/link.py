@@ -175,7 +175,7 @@ class StoreLink:
         delta = {
             k: int(v) - int(self._saved_usage.get(k, 0))
             for k, v in usage.items()
-            if k != "total_tokens" and int(v) != int(self._saved_usage.get(k, 0))
+            if k in _USAGE_FIELDS and int(v) != int(self._saved_usage.get(k, 0))
         }
         state: dict[str, Any] = {"calibration": core.calibrator.to_dict()}
         if self.save_plan and core.last_plan is not None:
