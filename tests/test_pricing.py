@@ -46,3 +46,57 @@ def test_bad_prices_are_refused(bad: object) -> None:
         Price(bad, 0, 0)  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="model name"):
         set_price("", 0, 0, 0)
+
+
+def test_conversation_cost_and_cached_prefix_on_every_call() -> None:
+    from convmem import Conversation
+    from convmem.strategies import Pipeline, RollingSummary, Truncate
+    from convmem.testing import FakeChatServer
+
+    server = FakeChatServer()
+    server.reply("one", usage={"prompt_tokens": 1000, "completion_tokens": 10})
+    server.reply(
+        "two",
+        usage={
+            "prompt_tokens": 2000,
+            "completion_tokens": 20,
+            "prompt_tokens_details": {"cached_tokens": 1000},
+        },
+    )
+    conv = Conversation(server.client(), model="gpt-4o-mini", system="Be brief.")
+    conv.send("hello")
+    first = conv.last_plan
+    assert first is not None and first.cost == pytest.approx(cost("gpt-4o-mini", 1000, 10))
+    assert first.shared_prefix_messages == 0 and first.cached_tokens == 0
+    conv.send("again")
+    second = conv.last_plan
+    assert second is not None
+    assert second.cached_tokens == 1000
+    assert second.cost == pytest.approx(cost("gpt-4o-mini", 2000, 20, cached_tokens=1000))
+    # The first request was [system, user]; the second starts with the same two.
+    assert second.shared_prefix_messages == 2
+    assert second.shared_prefix_tokens == sum(
+        conv.counter.count_message(m) for m in second.messages[:2]
+    )
+    assert "same as the previous request" in str(second)
+    assert conv.usage.cost == pytest.approx(first.cost + second.cost)
+    assert conv.usage.to_dict()["cost"] == conv.usage.cost
+    assert conv.usage.cached_tokens == 1000
+
+    # A summariser is priced apart; a model with no price makes the total unknown.
+    server = FakeChatServer().reply("- facts", usage={"prompt_tokens": 500, "completion_tokens": 5})
+    server.reply("ok")
+    conv = Conversation(
+        server.client(),
+        model="my-model",
+        context_window=400,
+        strategy=Pipeline(RollingSummary(model="gpt-4o-mini", trigger=0.1), Truncate()),
+    )
+    for i in range(4):
+        conv.extend(
+            [{"role": "user", "content": f"{i} " * 40}, {"role": "assistant", "content": "y"}]
+        )
+    conv.send("next")
+    assert conv.usage.summary_calls == 1
+    assert conv.usage.summary_cost == pytest.approx(cost("gpt-4o-mini", 500, 5))
+    assert conv.usage.cost is None  # my-model has no price
