@@ -11,7 +11,7 @@ import convmem
 from convmem.localserver import LocalModelServer
 from convmem.strategies import Truncate
 
-BUDGET = 400
+BUDGET = 200
 
 
 async def chat(client: convmem.AsyncMemoryOpenAI, model: str) -> list[dict[str, str]]:
@@ -19,7 +19,7 @@ async def chat(client: convmem.AsyncMemoryOpenAI, model: str) -> list[dict[str, 
     for i in range(40):
         messages.append({"role": "user", "content": f"Turn {i}: name a colour."})
         stream = await client.chat.completions.create(
-            model=model, messages=messages, stream=True, max_tokens=12, temperature=0
+            model=model, messages=messages, stream=True, max_tokens=8, temperature=0
         )
         text = ""
         async for chunk in stream:

@@ -11,7 +11,7 @@ from convmem.localserver import LocalModelServer
 from convmem.strategies import Pipeline, RollingSummary, Truncate
 
 LINES = [f"Fact {i}: locker {i} holds {100 + 7 * i} coins." for i in range(40)]
-BUDGET = 500  # prompt tokens a request may use
+BUDGET = 250  # prompt tokens a request may use
 
 with LocalModelServer() as server:
     client = convmem.wrap(
@@ -23,7 +23,7 @@ with LocalModelServer() as server:
     for line in LINES:  # while True: line = input("> ")
         messages.append({"role": "user", "content": line})
         reply = client.chat.completions.create(
-            model=server.model, messages=messages, max_tokens=16, temperature=0
+            model=server.model, messages=messages, max_tokens=8, temperature=0
         )
         messages.append(reply.choices[0].message.model_dump(exclude_none=True))
         largest = max(largest, reply.usage.prompt_tokens)
