@@ -370,3 +370,41 @@ def test_decisions_cover_every_turn_on_long_history() -> None:
     assert len(plan.decisions) == 5000
     assert plan.dropped[0] == 0 and plan.kept[-1] == 4999
     assert "dropped" in str(plan)
+
+
+def test_vector_recall_renamed_options_keep_deprecated_aliases() -> None:
+    from convmem.strategies.recall import VectorRecall
+
+    with (
+        pytest.warns(DeprecationWarning, match="max_recall_tokens"),
+        pytest.warns(DeprecationWarning, match="message_role"),
+    ):
+        old = VectorRecall(max_tokens=300, role="user")
+    assert old.max_recall_tokens == 300 and old.message_role == "user"
+    assert old.role == "recall"  # the component role no longer clashes with the message role
+    with pytest.warns(DeprecationWarning):
+        assert old.max_tokens == 300
+    new = VectorRecall(max_recall_tokens=200, message_role="system")
+    assert new.max_recall_tokens == 200
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        VectorRecall(max_token=1)
+
+
+def test_plan_notes_are_structured_and_still_text() -> None:
+    from convmem.plan import Note
+
+    note = Note("recall_failed", {"error": "OSError: read-only"})
+    assert note.kind == "recall_failed" and note.data["error"] == "OSError: read-only"
+    assert note == "recall failed (OSError: read-only); sent without it"
+    assert note.startswith("recall failed") and "read-only" in note
+    assert note.to_dict() == {"kind": "recall_failed", "error": "OSError: read-only", "text": note}
+    h = history(30)
+    req = request(h)
+    server = summary_server()
+    conv = summary_conv(server)
+    conv.extend([m for t in h.turns for m in t.messages])
+    plan = conv.preview("and?")
+    assert plan.notes_of("summary_not_called")
+    assert all(isinstance(n, Note) for n in plan.notes)
+    assert '"kind": "summary_not_called"' in plan.to_json()
+    del req
