@@ -125,7 +125,12 @@ def _add_common(p: argparse.ArgumentParser, *, budgets: tuple[int, ...], max_sum
     p.add_argument("--name", default=None, help="output file name stem (default: the dataset)")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
-    p.add_argument("--recall-k", type=_positive, default=8, help="turns recalled per call")
+    p.add_argument(
+        "--recall-k",
+        type=_positive,
+        default=None,
+        help="messages recalled per call (default: as many as fit)",
+    )
     g = p.add_argument_group("summariser (default: the local llama.cpp model)")
     g.add_argument("--summarizer-base-url", help="an OpenAI-compatible endpoint's base URL")
     g.add_argument(

@@ -224,7 +224,9 @@ class AsyncConversation(_Core):
         else:
             link.catch_up(self, await asyncio.to_thread(link.fetch))
 
-    async def extend(self, messages: Sequence[Any]) -> list[Turn]:
+    async def extend(
+        self, messages: Sequence[Any], *, created_at: float | None = None
+    ) -> list[Turn]:
         """Appends existing messages without a call (see :meth:`Conversation.extend`)."""
         async with self._hold("extend"):
             self._check_open()
@@ -235,7 +237,7 @@ class AsyncConversation(_Core):
                 outcome, cancelled = await self._link.write_async(self, checked)
                 turns = self._link.apply(self, checked, outcome)
             else:
-                turns = self.history.append(messages)
+                turns = self.history.append(messages, created_at=created_at)
             self._spawn_observe(turns)
             if cancelled is not None:
                 raise cancelled

@@ -228,8 +228,11 @@ class Conversation(_Core):
                 self._futures.append(fut)
 
     # -- history ------------------------------------------------------------------------------
-    def extend(self, messages: Sequence[Any]) -> list[Turn]:
+    def extend(self, messages: Sequence[Any], *, created_at: float | None = None) -> list[Turn]:
         """Appends existing messages (an imported chat log, tool results) without a call.
+
+        ``created_at`` (Unix time) dates the new turns, e.g. an imported log's own time (recall
+        reads it for dates the user mentions); default now.
 
         Raises:
             InvalidMessageError: a message is invalid; nothing is appended.
@@ -239,7 +242,7 @@ class Conversation(_Core):
             if self._link is not None:
                 turns = self._link.write_messages(self, self.history.validate_new(messages))
             else:
-                turns = self.history.append(messages)
+                turns = self.history.append(messages, created_at=created_at)
             self._spawn_observe(turns)
             return turns
 

@@ -139,17 +139,22 @@ class TurnDecision:
             section).
         reason: A short human-readable why, e.g. ``"over budget (4096)"``.
         score: Similarity score for recalled turns.
+        parts: For a turn only partly recalled, the indices of the messages sent (recall
+            sends messages with their neighbours, not always whole turns); None: all of them.
     """
 
     turn_id: int
     action: Action
     reason: str
     score: float | None = None
+    parts: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"turn_id": self.turn_id, "action": self.action, "reason": self.reason}
         if self.score is not None:
             d["score"] = round(self.score, 4)
+        if self.parts is not None:
+            d["parts"] = list(self.parts)
         return d
 
 

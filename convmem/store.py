@@ -27,9 +27,12 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import MissingExtraError, UsageError
+
+if TYPE_CHECKING:
+    from .lexical import LexicalHit, LexicalIndex, LexicalUnit
 
 DEFAULT_COLLECTION = "convmem_turns"
 """The collection a :class:`TurnStore` uses unless told otherwise."""
@@ -47,14 +50,19 @@ class StoredTurn:
     Attributes:
         conversation_id: The conversation it belongs to; queries never cross it.
         turn_id: Its index in that conversation's history (unique within the conversation).
-        text: What is embedded and recalled: typically the user message and the reply.
+        text: What is embedded (and indexed by keyword): for :class:`VectorRecall`, one
+            message of the turn with its neighbours.
         created_at: When the turn finished, seconds since the epoch.
+        part: Which unit of the turn this is (:class:`VectorRecall` stores one per message,
+            ``part`` being the message's index in the turn); ``(conversation_id, turn_id,
+            part)`` identifies a stored unit.
     """
 
     conversation_id: str
     turn_id: int
     text: str
     created_at: float
+    part: int = 0
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class RecallHit:
         text: The stored text.
         created_at: When the turn finished, seconds since the epoch.
         score: Cosine similarity to the query, in ``[-1, 1]``; higher is closer.
+        part: The unit of the turn (see :attr:`StoredTurn.part`).
     """
 
     conversation_id: str
@@ -74,6 +83,7 @@ class RecallHit:
     text: str
     created_at: float
     score: float
+    part: int = 0
 
 
 def _import_chromadb() -> Any:
@@ -120,6 +130,92 @@ def ephemeral_client() -> Any:
     return client
 
 
+def _is_http(client: Any) -> bool:
+    get = getattr(client, "get_settings", None)
+    try:
+        impl = str(getattr(get(), "chroma_api_impl", "")) if callable(get) else ""
+    except Exception:
+        return False
+    return impl.endswith("FastAPI")
+
+
+def _persist_directory(client: Any) -> str | None:
+    """The directory of an embedded persistent Chroma client; None for any other client."""
+    get = getattr(client, "get_settings", None)
+    if not callable(get):
+        return None
+    try:
+        settings = get()
+    except Exception:
+        return None
+    if not getattr(settings, "is_persistent", False):
+        return None
+    if getattr(settings, "chroma_api_impl", "") == "chromadb.api.fastapi.FastAPI":
+        return None  # an HttpClient: the server owns the directory
+    directory = getattr(settings, "persist_directory", None)
+    return os.path.abspath(directory) if directory else None
+
+
+class _DirectoryLock:
+    """An exclusive lock on a persistent Chroma directory, shared within this process.
+
+    ``flock`` on ``<directory>/convmem.lock``: released by the kernel when the process dies,
+    so a crash never leaves the directory locked. Every store of this process on the same
+    directory shares one lock (Chroma shares one system per directory in a process, too).
+    """
+
+    _held: dict[str, tuple[Any, int]] = {}  # noqa: RUF012 - process-wide registry
+    _guard = threading.Lock()
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._released = False
+
+    @classmethod
+    def acquire(cls, directory: str) -> _DirectoryLock:
+        with cls._guard:
+            held = cls._held.get(directory)
+            if held is not None:
+                cls._held[directory] = (held[0], held[1] + 1)
+                return cls(directory)
+            try:
+                import fcntl
+            except ImportError:  # no flock (Windows): Chroma's own file locking applies
+                cls._held[directory] = (None, 1)
+                return cls(directory)
+            os.makedirs(directory, exist_ok=True)
+            f = open(os.path.join(directory, "convmem.lock"), "a+")  # noqa: SIM115
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.close()
+                raise UsageError(
+                    f"the Chroma directory {directory!r} is open in another process; an "
+                    "embedded PersistentClient serves one process only (two writers lose "
+                    "vectors). For several processes run `chroma run --path DIR` and pass "
+                    "chromadb.HttpClient(host=..., port=...) with TurnStore(cache=False)"
+                ) from None
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            cls._held[directory] = (f, 1)
+            return cls(directory)
+
+    def release(self) -> None:
+        with self._guard:
+            if self._released:
+                return
+            self._released = True
+            f, n = self._held[self.directory]
+            if n > 1:
+                self._held[self.directory] = (f, n - 1)
+                return
+            del self._held[self.directory]
+            if f is not None:
+                f.close()  # closing the descriptor releases the flock
+
+
 # One admin client for the process, to create and drop the private in-memory databases of
 # TurnStore(client=None). Chroma admin clients have no close(), so one per store would leak.
 _ADMIN: tuple[Any, Any] | None = None
@@ -134,9 +230,17 @@ def _ephemeral_admin(chromadb: Any) -> tuple[Any, Any]:
         return _ADMIN
 
 
-def _release(client: Any, admin: Any, database: str | None) -> None:
+def _release(
+    client: Any, admin: Any, database: str | None, lock: Any = None, lexical: Any = None
+) -> None:
     # Runs from close() or the garbage collector, possibly at interpreter exit: never raise.
     # Best effort is enough: what is left behind is in memory and dies with the process.
+    if lexical is not None:
+        with contextlib.suppress(Exception):
+            lexical.close()
+    if lock is not None:
+        with contextlib.suppress(Exception):
+            lock.release()
     if admin is not None and database is not None:
         with contextlib.suppress(Exception):
             admin.delete_database(database)
@@ -172,17 +276,36 @@ class TurnStore:
             is loaded from Chroma on a conversation's first query and kept up to date by
             :meth:`add` and :meth:`delete_conversation`, so it assumes this store is the only
             writer of the conversations it queries (the usual case: a conversation lives in
-            one process). Pass ``False`` when several processes write one conversation through
-            a Chroma server.
+            one process). ``None`` (default): on, except for a ``chromadb.HttpClient``, whose
+            server other processes may write to (there every query asks the server, and the
+            keyword index picks up the units other processes stored).
+        lexical: The keyword index kept next to the vectors (see :mod:`convmem.lexical`):
+            ``None`` (default) puts it in a SQLite file in the Chroma directory when the
+            client is persistent (``convmem_lexical_<collection>.sqlite3``) and in memory
+            otherwise (rebuilt from the stored documents when a conversation is first
+            searched); a path puts it there; ``False`` keeps none.
+
+    An embedded ``chromadb.PersistentClient`` belongs to one process: Chroma's embedded
+    store does not coordinate writers across processes (two writer processes lost vectors in
+    a measurement). A store on a persistent directory therefore takes an exclusive lock on
+    ``<directory>/convmem.lock``; a second process gets a :class:`UsageError` saying so at
+    once, never a silent loss. For several processes, run a Chroma server (``chroma run
+    --path DIR``) and pass ``chromadb.HttpClient(host, port)`` with ``cache=False``.
 
     Raises:
         MissingExtraError: ``chromadb`` is not installed.
-        UsageError: The collection name is invalid, ``client`` is not a Chroma client, or
-            the collection exists with a distance other than cosine.
+        UsageError: The collection name is invalid, ``client`` is not a Chroma client, the
+            collection exists with a distance other than cosine, or another process has the
+            persistent directory open.
     """
 
     def __init__(
-        self, client: Any = None, *, collection: str = DEFAULT_COLLECTION, cache: bool = True
+        self,
+        client: Any = None,
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        cache: bool | None = None,
+        lexical: str | os.PathLike[str] | bool | None = None,
     ) -> None:
         if not isinstance(collection, str) or not _COLLECTION_NAME.match(collection):
             raise UsageError(
@@ -209,14 +332,44 @@ class TurnStore:
             )
         self._client = client
         self._name = collection
-        self._cache_enabled = cache
+        self._cache_enabled = (not _is_http(client)) if cache is None else bool(cache)
         self._indexes: dict[str, _ConversationIndex] = {}
         self._index_lock = threading.Lock()
+        self._lexical: LexicalIndex | None = None
+        self._lexical_synced: set[str] = set()
+        directory = _persist_directory(client)
+        lock = None
+        try:
+            lock = _DirectoryLock.acquire(directory) if directory is not None else None
+        except BaseException:
+            if owns_client:
+                _release(client, owned_admin, database)
+            raise
         self._finalizer = weakref.finalize(
-            self, _release, client if owns_client else None, owned_admin, database
+            self, _release, client if owns_client else None, owned_admin, database, lock
         )
         self._closed = False
         try:
+            if lexical is not False:
+                from .lexical import LexicalIndex
+
+                where: str | None = None
+                if lexical is None or lexical is True:
+                    if directory is not None:
+                        where = os.path.join(directory, f"convmem_lexical_{collection}.sqlite3")
+                else:
+                    where = os.fspath(lexical)
+                self._lexical = LexicalIndex(where)
+                self._finalizer.detach()
+                self._finalizer = weakref.finalize(
+                    self,
+                    _release,
+                    client if owns_client else None,
+                    owned_admin,
+                    database,
+                    lock,
+                    self._lexical,
+                )
             self._collection = client.get_or_create_collection(
                 collection,
                 configuration={"hnsw": {"space": "cosine"}},
@@ -290,7 +443,12 @@ class TurnStore:
                 raise UsageError(f"turns[{i}].turn_id must be an int, got {turn.turn_id!r}")
             if not isinstance(turn.text, str):
                 raise UsageError(f"turns[{i}].text must be a str")
-            rows[_turn_key(turn.conversation_id, turn.turn_id)] = (turn, embeddings[i])
+            if isinstance(turn.part, bool) or not isinstance(turn.part, int) or turn.part < 0:
+                raise UsageError(f"turns[{i}].part must be an int >= 0, got {turn.part!r}")
+            rows[_turn_key(turn.conversation_id, turn.turn_id, turn.part)] = (
+                turn,
+                embeddings[i],
+            )
         items = list(rows.items())
         for start in range(0, len(items), self._max_batch):
             chunk = items[start : start + self._max_batch]
@@ -302,17 +460,22 @@ class TurnStore:
                     {
                         "conversation_id": turn.conversation_id,
                         "turn_id": turn.turn_id,
+                        "part": turn.part,
                         "created_at": float(turn.created_at),
                     }
                     for _, (turn, _) in chunk
                 ],
                 documents=[turn.text for _, (turn, _) in chunk],
             )
+        # The vectors are the truth; the keyword index follows them (and is topped up from
+        # them if this write is lost, see keyword_search).
+        if self._lexical is not None:
+            self._lexical.add([_lexical_unit(turn) for turn, _ in rows.values()])
         with self._index_lock:
             for turn, vec in rows.values():
                 index = self._indexes.get(turn.conversation_id)
                 if index is not None:
-                    index.upsert(turn.turn_id, turn.text, float(turn.created_at), vec)
+                    index.upsert(turn.turn_id, turn.part, turn.text, float(turn.created_at), vec)
 
     def query(
         self,
@@ -380,6 +543,7 @@ class TurnStore:
                 created_at=float(meta.get("created_at") or 0.0),
                 # Float error can push 1 - distance a hair outside [-1, 1].
                 score=max(-1.0, min(1.0, 1.0 - float(distance))),
+                part=int(meta.get("part") or 0),
             )
             for doc, meta, distance in zip(
                 (result.get("documents") or [[]])[0],
@@ -390,8 +554,115 @@ class TurnStore:
         ]
         if min_score is not None:
             hits = [hit for hit in hits if hit.score >= min_score]
-        hits.sort(key=lambda hit: (-hit.score, hit.turn_id))
+        hits.sort(key=lambda hit: (-hit.score, hit.turn_id, hit.part))
         return hits
+
+    def keyword_search(
+        self, conversation_id: str, query: str | Sequence[str], *, k: int = 50
+    ) -> list[LexicalHit]:
+        """Finds a conversation's stored units by keyword (BM25 over the keyword index).
+
+        On a conversation's first search in this process, units stored in Chroma but missing
+        from the keyword index (an in-memory index after a restart, a write lost in a crash)
+        are indexed from Chroma's documents first.
+
+        Args:
+            conversation_id: Whose units to search.
+            query: Free text, or the words to match (see :mod:`convmem.lexical`).
+            k: At most this many hits.
+
+        Returns:
+            Hits, best first; empty when the store keeps no keyword index.
+        """
+        self._check_open()
+        _check_conversation_id(conversation_id)
+        lexical = self._lexical
+        if lexical is None:
+            return []
+        if conversation_id not in self._lexical_synced or not self._cache_enabled:
+            # Without the cache other processes may write the conversation: pick up their units.
+            self._sync_lexical(conversation_id)
+        if isinstance(query, str):
+            return lexical.search(conversation_id, query, k=k)
+        return lexical.search_terms(conversation_id, query, k=k)
+
+    def keyword_terms(
+        self, conversation_id: str, terms: Sequence[str], common_share: float
+    ) -> list[str]:
+        """``terms`` without those found in more than ``common_share`` of the conversation's
+        units (they match nearly everything: speaker names, the standing topic). All of them
+        when that would leave none."""
+        self._check_open()
+        lexical = self._lexical
+        if lexical is None or not terms:
+            return list(terms)
+        if conversation_id not in self._lexical_synced:
+            self._sync_lexical(conversation_id)
+        common = lexical.common_terms(conversation_id, terms, common_share)
+        kept = [t for t in terms if t not in common]
+        return kept or list(terms)
+
+    @property
+    def lexical(self) -> LexicalIndex | None:
+        """The keyword index, or None."""
+        return self._lexical
+
+    def _sync_lexical(self, conversation_id: str) -> None:
+        lexical = self._lexical
+        assert lexical is not None
+        have = lexical.keys(conversation_id)
+        if self._cache_enabled:
+            index = self._index(conversation_id)
+            missing = [
+                StoredTurn(conversation_id, t, index.texts[row], index.created[row], p)
+                for (t, p), row in index.row_of.items()
+                if (t, p) not in have
+            ]
+        else:
+            listed = self._collection.get(
+                where={"conversation_id": conversation_id}, include=["metadatas"]
+            )
+            ids = [
+                key
+                for key, meta in zip(
+                    listed.get("ids") or [], listed.get("metadatas") or [], strict=True
+                )
+                if (int(meta["turn_id"]), int(meta.get("part") or 0)) not in have
+            ]
+            missing = []
+            if ids:
+                result = self._collection.get(ids=ids, include=["documents", "metadatas"])
+                missing = [
+                    StoredTurn(
+                        conversation_id,
+                        int(meta["turn_id"]),
+                        doc or "",
+                        float(meta.get("created_at") or 0.0),
+                        int(meta.get("part") or 0),
+                    )
+                    for doc, meta in zip(
+                        result.get("documents") or [], result.get("metadatas") or [], strict=True
+                    )
+                ]
+        if missing:
+            lexical.add([_lexical_unit(t) for t in missing])
+        self._lexical_synced.add(conversation_id)
+
+    def stored_keys(self, conversation_id: str) -> set[tuple[int, int]]:
+        """The ``(turn_id, part)`` units stored for a conversation (from Chroma, the truth).
+
+        Args:
+            conversation_id: The conversation.
+        """
+        self._check_open()
+        _check_conversation_id(conversation_id)
+        result = self._collection.get(
+            where={"conversation_id": conversation_id}, include=["metadatas"]
+        )
+        return {
+            (int(meta["turn_id"]), int(meta.get("part") or 0))
+            for meta in result.get("metadatas") or []
+        }
 
     def stored_turn_ids(self, conversation_id: str) -> set[int]:
         """The turn ids stored for a conversation.
@@ -418,17 +689,19 @@ class TurnStore:
         self._check_open()
         _check_conversation_id(conversation_id)
         self._collection.delete(where={"conversation_id": conversation_id})
+        if self._lexical is not None:
+            self._lexical.delete_conversation(conversation_id)
         with self._index_lock:
             self._indexes.pop(conversation_id, None)
 
     def count(self, conversation_id: str | None = None) -> int:
-        """How many turns are stored.
+        """How many units are stored (turns, when each turn is stored as one unit).
 
         Args:
-            conversation_id: Count only this conversation's turns; ``None`` counts all.
+            conversation_id: Count only this conversation's units; ``None`` counts all.
 
         Returns:
-            The number of stored turns.
+            The number of stored units.
         """
         self._check_open()
         if conversation_id is None:
@@ -474,6 +747,7 @@ class TurnStore:
                 ):
                     index.upsert(
                         int(meta["turn_id"]),
+                        int(meta.get("part") or 0),
                         doc if doc is not None else "",
                         float(meta.get("created_at") or 0.0),
                         vec,
@@ -500,22 +774,28 @@ class _ConversationIndex:
 
     def __init__(self) -> None:
         self.turn_ids: list[int] = []
+        self.parts: list[int] = []
         self.texts: list[str] = []
         self.created: list[float] = []
-        self.row_of: dict[int, int] = {}
+        self.row_of: dict[tuple[int, int], int] = {}
+        self.rows_of_turn: dict[int, list[int]] = {}
         self._rows: list[Any] = []  # unit vectors, stacked lazily
         self._matrix: Any = None
 
-    def upsert(self, turn_id: int, text: str, created_at: float, vector: Sequence[float]) -> None:
+    def upsert(
+        self, turn_id: int, part: int, text: str, created_at: float, vector: Sequence[float]
+    ) -> None:
         import numpy as np
 
         vec = np.asarray(vector, dtype=np.float32)
         norm = float(np.linalg.norm(vec))
         unit = vec / norm if norm > 0 else vec
-        row = self.row_of.get(turn_id)
+        row = self.row_of.get((turn_id, part))
         if row is None:
-            self.row_of[turn_id] = len(self.turn_ids)
+            row = self.row_of[(turn_id, part)] = len(self.turn_ids)
+            self.rows_of_turn.setdefault(turn_id, []).append(row)
             self.turn_ids.append(turn_id)
+            self.parts.append(part)
             self.texts.append(text)
             self.created.append(created_at)
             self._rows.append(unit)
@@ -523,7 +803,8 @@ class _ConversationIndex:
             self.texts[row] = text
             self.created[row] = created_at
             self._rows[row] = unit
-        self._matrix = None
+            if self._matrix is not None and row < self._matrix.shape[0]:
+                self._matrix[row] = unit
 
     def search(
         self,
@@ -540,6 +821,10 @@ class _ConversationIndex:
             return []
         if self._matrix is None:
             self._matrix = np.vstack(self._rows)
+        elif self._matrix.shape[0] < len(self._rows):
+            # Appended since the last search (the usual case: one turn per call): stack only
+            # the new rows instead of the whole conversation again.
+            self._matrix = np.vstack([self._matrix, *self._rows[self._matrix.shape[0] :]])
         q = np.asarray(query, dtype=np.float32)
         if q.shape[0] != self._matrix.shape[1]:
             raise UsageError(
@@ -548,8 +833,7 @@ class _ConversationIndex:
         norm = float(np.linalg.norm(q))
         scores = self._matrix @ (q / norm if norm > 0 else q)
         for turn_id in excluded:
-            row = self.row_of.get(turn_id)
-            if row is not None:
+            for row in self.rows_of_turn.get(turn_id, ()):
                 scores[row] = -np.inf
         n = min(k, len(self.turn_ids))
         top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
@@ -560,16 +844,25 @@ class _ConversationIndex:
                 text=self.texts[i],
                 created_at=self.created[i],
                 score=max(-1.0, min(1.0, float(scores[i]))),
+                part=self.parts[i],
             )
             for i in top
             if np.isfinite(scores[i]) and (min_score is None or scores[i] >= min_score)
         ]
-        hits.sort(key=lambda hit: (-hit.score, hit.turn_id))
+        hits.sort(key=lambda hit: (-hit.score, hit.turn_id, hit.part))
         return hits
 
 
-def _turn_key(conversation_id: str, turn_id: int) -> str:
-    return f"{conversation_id}:{turn_id}"
+def _turn_key(conversation_id: str, turn_id: int, part: int = 0) -> str:
+    return f"{conversation_id}:{turn_id}:{part}"
+
+
+def _lexical_unit(turn: StoredTurn) -> LexicalUnit:
+    from .lexical import LexicalUnit
+
+    return LexicalUnit(
+        turn.conversation_id, turn.turn_id, turn.part, turn.text, float(turn.created_at)
+    )
 
 
 def _check_conversation_id(conversation_id: Any) -> None:

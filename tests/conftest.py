@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-pytest_plugins = ["_pg"]  # store fixtures: a real PostgreSQL server, a fresh store per test
+pytest_plugins = ["_pg", "_chroma_server"]  # real PostgreSQL and Chroma servers, started on demand
 
 if TYPE_CHECKING:
     from convmem.localserver import LocalModelServer

@@ -137,7 +137,10 @@ def test_planted_turns_are_spread(many: list[BenchConversation]) -> None:
     for conv in many:
         n = len(conv.turns)
         planted = sorted(
-            i for q in conv.questions for i in (*q.evidence_turn_ids, *q.stale_evidence_turn_ids)
+            i
+            for q in conv.questions
+            if q.category != "follow-up"  # those are in the last turns, by design
+            for i in (*q.evidence_turn_ids, *q.stale_evidence_turn_ids)
         )
         assert len(planted) == len(set(planted)), "one fact per turn"
         assert planted[0] < 0.15 * n, "some facts are planted early"
@@ -159,6 +162,23 @@ def test_bad_arguments() -> None:
     with pytest.raises(UsageError, match="turns") as info:
         generate_probe_set(turns=20)  # 12 facts cannot fit in 8 user turns
     suggested = int(str(info.value).split("turns >= ")[1].split()[0])
-    assert len(generate_probe_set(conversations=1, turns=suggested)[0].questions) == 10
+    assert len(generate_probe_set(conversations=1, turns=suggested)[0].questions) == 12
     with pytest.raises(UsageError):
         generate_probe_set(conversations=1, turns=suggested - 4)
+
+
+def test_follow_ups_need_the_last_turns_only(many: list[BenchConversation]) -> None:
+    for conv in many:
+        users = [t.turn_id for t in conv.turns if t.role == "user"]
+        follow = [q for q in conv.questions if q.category == "follow-up"]
+        assert 1 <= len(follow) <= 3
+        for q in follow:
+            (ev,) = q.evidence_turn_ids
+            assert ev in users[-3:]  # within the last three turns
+            assert q.answer is not None and q.answer in conv.turns[ev].text
+            # The question names neither option: only their position refers back.
+            assert q.answer.lower() not in q.question.lower()
+    # Planting follow-ups draws from its own random stream: the other facts do not move.
+    a = generate_probe_set(conversations=1, turns=200)[0]
+    b = generate_probe_set(conversations=1, turns=200)[0]
+    assert a == b

@@ -424,9 +424,9 @@ def test_recall_rows_and_summary_reuse(tmp_path: Path) -> None:
     assert both.summary_calls >= summ.summary_calls > 0
     assert len(server.requests) == summ.summary_calls + both.summary_calls - both.summary_reused
     assert runner.memo_embedder is not None
-    # Each turn text and each question is embedded once although three rows store/query them.
-    assert runner.memo_embedder.embedded <= len(turn_groups(convs[0])) + len(convs[0].questions) + 1
-    assert report.settings["recall_k"] == 8
+    # Each message window and each question is embedded once although three rows use them.
+    assert runner.memo_embedder.embedded <= len(convs[0].turns) + len(convs[0].questions) + 1
+    assert report.settings["recall_k"] is None
 
 
 # --- report files ------------------------------------------------------------------------------

@@ -333,3 +333,93 @@ def test_in_memory_index_agrees_with_chroma_and_follows_writes() -> None:
         cached.delete_conversation("c")
         assert cached.query("c", new, k=3) == []
         assert cached.query("other", vectors[-1], k=1)[0].turn_id == 49
+
+
+# --- both indexes, one writer process per embedded directory, a real Chroma server ----------
+
+
+
+def test_both_indexes_persist(tmp_path: Path) -> None:
+    rng = random.Random(9)
+    vectors = [unit(rng) for _ in range(6)]
+    units = [
+        StoredTurn(
+            "c", i // 2, f"message {i} about {'tulips' if i == 3 else 'weather'}", 1e9, i % 2
+        )
+        for i in range(6)
+    ]
+    with TurnStore(tmp_path / "db", collection="both") as store:
+        store.add(units, vectors)
+        assert store.lexical is not None and store.lexical.path is not None
+    assert (tmp_path / "db" / "convmem_lexical_both.sqlite3").exists()
+    with TurnStore(tmp_path / "db", collection="both") as store:
+        assert store.lexical is not None and store.lexical.count("c") == 6  # nothing rebuilt
+        hits = store.keyword_search("c", "tulips")
+        assert [(h.turn_id, h.part) for h in hits] == [(1, 1)]
+        assert store.query("c", vectors[3], k=1)[0].part == 1
+        assert store.stored_keys("c") == {(i // 2, i % 2) for i in range(6)}
+
+
+def test_keyword_index_is_rebuilt_from_the_vectors_when_lost(tmp_path: Path) -> None:
+    rng = random.Random(10)
+    with TurnStore(tmp_path / "db", collection="lost") as store:
+        store.add([StoredTurn("c", 0, "the tulips bloomed", 1e9)], [unit(rng)])
+    (tmp_path / "db" / "convmem_lexical_lost.sqlite3").unlink()
+    for extra in ("-wal", "-shm"):
+        (tmp_path / "db" / f"convmem_lexical_lost.sqlite3{extra}").unlink(missing_ok=True)
+    with TurnStore(tmp_path / "db", collection="lost") as store:
+        assert [h.turn_id for h in store.keyword_search("c", "tulips")] == [0]
+
+
+def test_a_second_process_is_refused_on_an_embedded_directory(tmp_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "from convmem.store import TurnStore\n"
+        "from convmem.errors import UsageError\n"
+        "try:\n"
+        "    TurnStore(sys.argv[1])\n"
+        "except UsageError as exc:\n"
+        "    print('refused:', exc)\n"
+        "else:\n"
+        "    print('opened')\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+
+    def other() -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / "db")],
+            capture_output=True,
+            text=True,
+            cwd=root,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    with TurnStore(tmp_path / "db") as first, TurnStore(tmp_path / "db") as second:
+        # One process may open the directory many times; another process may not.
+        second.add([turn("c", 0)], [[1.0, 0.0]])
+        assert first.count() == 1
+        answer = other()
+        assert answer.startswith("refused:") and "chroma run" in answer and "HttpClient" in answer
+    assert other() == "opened"  # closed here: the lock is gone
+
+
+def test_http_client_against_a_real_chroma_server(chroma_server: tuple[str, int]) -> None:
+    host, port = chroma_server
+    client = chromadb.HttpClient(host=host, port=port)
+    rng = random.Random(11)
+    v = [unit(rng) for _ in range(4)]
+    one = TurnStore(client, collection="served")
+    two = TurnStore(chromadb.HttpClient(host=host, port=port), collection="served")
+    try:
+        one.add([StoredTurn("c", 0, "the tulips bloomed", 1e9)], [v[0]])
+        assert [h.turn_id for h in two.keyword_search("c", "tulips")] == [0]
+        # A unit another client (process) stores later is seen by both indexes: no cache.
+        two.add([StoredTurn("c", 1, "tulips again, and roses", 1e9)], [v[1]])
+        assert {h.turn_id for h in one.keyword_search("c", "tulips")} == {0, 1}
+        assert one.query("c", v[1], k=1)[0].turn_id == 1
+        assert one.stored_keys("c") == {(0, 0), (1, 0)}
+    finally:
+        one.close()
+        two.close()

@@ -38,6 +38,8 @@ class BenchTurn:
         date: The session's date and time as the source gives it, or None.
         source_id: The turn's id in the source data, e.g. ``"D3:7"`` for LoCoMo.
         image_caption: The caption of the image shared in this turn, if any (also in ``text``).
+        timestamp: When it was said (Unix time, UTC), if the source says; the replay stores
+            it as the turn's time, which time-aware recall reads.
     """
 
     turn_id: int
@@ -47,6 +49,7 @@ class BenchTurn:
     date: str | None
     source_id: str
     image_caption: str | None = None
+    timestamp: float | None = None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from datetime import datetime, timezone
 from typing import Any
 
 from convmem.bench.data import (
@@ -60,6 +61,54 @@ def session_header(session: int, date: str | None) -> str:
     return f"(session {session}, {date})" if date else f"(session {session})"
 
 
+_DATE_RE = re.compile(
+    r"(\d{1,2}):(\d{2})\s*(am|pm)\s+on\s+(\d{1,2})\s+([A-Za-z]+),?\s+(\d{4})", re.I
+)
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        [
+            "january",
+            "february",
+            "march",
+            "april",
+            "may",
+            "june",
+            "july",
+            "august",
+            "september",
+            "october",
+            "november",
+            "december",
+        ],
+        start=1,
+    )
+}
+
+
+def parse_session_date(raw: str | None) -> float | None:
+    """A LoCoMo session date ("1:56 pm on 8 May, 2023") as Unix time (read as UTC).
+
+    Returns:
+        The time, or None when the text is missing or not in that form.
+    """
+    if not raw:
+        return None
+    m = _DATE_RE.search(raw)
+    if m is None:
+        return None
+    hour, minute, half, day, month_name, year = m.groups()
+    month = _MONTHS.get(month_name.lower())
+    if month is None:
+        return None
+    h = int(hour) % 12 + (12 if half.lower() == "pm" else 0)
+    try:
+        when = datetime(int(year), month, int(day), h, int(minute), tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    return when.timestamp()
+
+
 def _require(obj: Any, key: str, where: str) -> Any:
     if not isinstance(obj, dict) or key not in obj:
         raise UsageError(f"not LoCoMo data: {where} has no {key!r}")
@@ -86,6 +135,7 @@ def _load_conversation(sample: Any, index: int) -> BenchConversation:
     for s in sessions:
         raw_date = dialogue.get(f"session_{s}_date_time")
         date = str(raw_date).strip() if raw_date else None
+        start = parse_session_date(date)
         for j, raw in enumerate(dialogue[f"session_{s}"]):
             speaker = str(_require(raw, "speaker", f"{where} session {s} turn {j + 1}"))
             if speaker not in roles:
@@ -110,6 +160,8 @@ def _load_conversation(sample: Any, index: int) -> BenchConversation:
                     date=date,
                     source_id=source_id,
                     image_caption=caption.strip() if caption else None,
+                    # A minute per message keeps the turns of a session in order.
+                    timestamp=None if start is None else start + 60.0 * j,
                 )
             )
 
@@ -201,6 +253,7 @@ __all__ = [
     "CATEGORY_NAMES",
     "load_locomo",
     "parse_evidence",
+    "parse_session_date",
     "render_turn",
     "session_header",
 ]

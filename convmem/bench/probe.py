@@ -7,6 +7,10 @@ each, so token counts and embeddings behave like real chat) and plants facts in 
 name, a number, a date, a preference, and a *correction* (a value stated early and changed
 later). Questions about them are asked after the last turn, phrased differently from the fact.
 
+The *follow-up* category asks questions that only make sense with the last one to three turns
+("which was the second one again?"): a strategy that spends the budget on old turns must still
+keep the newest ones.
+
 Filler never contains digits, month names, person names, city names or the preference items,
 so an answer's keywords occur only in its evidence turn (and, for a correction, the stale turn):
 a context that lost the turn cannot answer by luck.
@@ -15,6 +19,7 @@ a context that lost the turn cannot answer by luck.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,7 +27,14 @@ from convmem.bench.data import BenchConversation, BenchQuestion, BenchTurn, Role
 from convmem.bench.synth import message_text, pick_topic
 from convmem.errors import UsageError
 
-PROBE_CATEGORIES: tuple[str, ...] = ("name", "number", "date", "preference", "correction")
+PROBE_CATEGORIES: tuple[str, ...] = (
+    "name",
+    "number",
+    "date",
+    "preference",
+    "correction",
+    "follow-up",
+)
 
 # Facts are planted before this share of the conversation, so every question is asked at least
 # a tenth of the conversation after its evidence.
@@ -224,6 +236,30 @@ _SUBJECTS: dict[str, tuple[_Subject, ...]] = {
     ),
 }
 
+# Follow-ups: options the user names in one of the last turns; the question refers back to
+# one of them by position only, so nothing but the turn itself can answer it.
+_FOLLOW_UP_ITEMS = (
+    "risotto", "gnocchi", "paella", "goulash", "moussaka", "tagine", "ramen", "falafel",
+    "bibimbap", "ceviche", "pierogi", "jambalaya",
+)  # fmt: skip
+_FOLLOW_UPS = (
+    (
+        "I can't decide between {a} and {b} for dinner tonight.",
+        "Which was the second option again?",
+        "b",
+    ),
+    (
+        "For the party I'm torn between making {a} or {b}.",
+        "And the first one I mentioned?",
+        "a",
+    ),
+    (
+        "Tomorrow it's either {a} or {b} at the new place nearby.",
+        "Sorry, what was the other one, not the first?",
+        "b",
+    ),
+)
+
 _LEAD_INS = ("", "By the way, ", "Oh, before I forget, ", "Random thing, but ", "Also, ")
 _ACKS = (
     "Thanks for telling me, I'll keep that in mind.",
@@ -290,7 +326,7 @@ def _conversation(
     values = _Values.new(rng)
     plain: list[tuple[str, str, str, str]] = []  # (category, statement, question, answer)
     corrections: list[tuple[str, str, str, str, str, str]] = []  # + correcting statement, stale
-    for category in PROBE_CATEGORIES:
+    for category in _SUBJECTS:  # follow-ups are planted last, see _plant_follow_ups
         for subject in rng.sample(_SUBJECTS[category], per_kind):
             items = rng.sample(subject.items, len(subject.items))
             # A city that only sets the scene ("my flight to {c}"); never an answer elsewhere.
@@ -361,9 +397,38 @@ def _conversation(
             text = message_text(rng, role, topic, insert=ack, first=True)
         bench_turns.append(BenchTurn(tid, role, text, 1, None, f"T{tid}"))
 
+    questions.extend(_plant_follow_ups(bench_turns, conversation_id, per_kind))
     order = {c: k for k, c in enumerate(PROBE_CATEGORIES)}
     questions.sort(key=lambda q: (order[q.category], q.evidence_turn_ids))
     return BenchConversation(conversation_id, tuple(bench_turns), tuple(questions))
+
+
+def _plant_follow_ups(
+    turns: list[BenchTurn], conversation_id: str, per_kind: int
+) -> list[BenchQuestion]:
+    """Puts a choice between two options in each of the last user turns (up to three turns
+    back) and asks for one of them by position. Drawn from a random stream of its own, so the
+    rest of the conversation is the same as without follow-ups."""
+    rng = random.Random(f"convmem-probe-follow-up/{conversation_id}/{len(turns)}")
+    users = [t.turn_id for t in turns if t.role == "user"][-min(per_kind, 3) :]
+    items = rng.sample(_FOLLOW_UP_ITEMS, len(_FOLLOW_UP_ITEMS))
+    out: list[BenchQuestion] = []
+    for tid in users:
+        statement, question, which = rng.choice(_FOLLOW_UPS)
+        a, b = items.pop(), items.pop()
+        old = turns[tid]
+        # Keep the turn within 20-60 words: drop the filler's last sentences if needed.
+        text = statement.format(a=a, b=b)
+        for sentence in re.split(r"(?<=[.!?]) ", old.text):
+            if len(text.split()) + len(sentence.split()) > _MAX_WORDS:
+                break
+            text += " " + sentence
+        turns[tid] = BenchTurn(
+            tid, old.role, text, old.session, old.date,
+            old.source_id,
+        )  # fmt: skip
+        out.append(_question(question, a if which == "a" else b, "follow-up", tid))
+    return out
 
 
 def _question(question: str, answer: str, category: str, turn_id: int) -> BenchQuestion:

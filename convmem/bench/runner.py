@@ -473,6 +473,7 @@ def score_question(
     conversation_id: str,
     index: int,
     words: ContextWords | None = None,
+    part_map: Sequence[int] | None = None,
 ) -> QuestionResult:
     """Scores one question's context.
 
@@ -483,13 +484,29 @@ def score_question(
         conversation_id: The benchmark conversation, for the record.
         index: The question's position, for the record.
         words: A shared word cache (a new one when None).
+        part_map: For each benchmark turn index, its message's index in that convmem turn
+            (a recalled turn only partly sent counts only for the messages sent).
 
     Returns:
         The result.
     """
-    sent = set(plan.kept) | set(plan.recalled)
+    kept = set(plan.kept)
+    recalled = {d.turn_id: d.parts for d in plan.turn_decisions if d.action == "recalled"}
+    recalled.update({t: None for t in plan.recalled if t not in recalled})
+
+    def is_sent(i: int) -> bool:
+        # Recall may send part of a turn: then the evidence message itself must be among
+        # the parts sent.
+        tid = turn_map[i]
+        if tid in kept:
+            return True
+        if tid not in recalled:
+            return False
+        parts = recalled[tid]
+        return parts is None or part_map is None or part_map[i] in parts
+
     evidence = [turn_map[i] for i in question.evidence_turn_ids]
-    present = sum(1 for tid in evidence if tid in sent)
+    present = sum(1 for i in question.evidence_turn_ids if is_sent(i))
     lost = set(plan.not_summarised)
     cache = words if words is not None else ContextWords()
     context = cache.of_context(plan.messages[:-1])  # the question itself is not context
@@ -556,7 +573,8 @@ def replay_conversation(
             [
                 {"role": conversation.turns[i].role, "content": conversation.turns[i].text}
                 for i in group
-            ]
+            ],
+            created_at=conversation.turns[group[-1]].timestamp,
         )
         turn_id = touched[-1].id
         for i in group:
@@ -711,7 +729,7 @@ class ReplayRunner:
             :class:`MemoEmbedder`.
         chroma_client: The Chroma client recall rows share (default: a private in-memory one).
         counter: Counts tokens for every row (default ``cl100k_base``).
-        recall_k: ``VectorRecall(k=...)``.
+        recall_k: ``VectorRecall(k=...)`` (default None: the default, no fixed count).
         reply_reserve: Room for the reply in summary rows (their window is budget + this).
         progress: Show tqdm progress bars on stderr.
         concurrent: Run the summary rows in a second thread while the others run. The
@@ -732,7 +750,7 @@ class ReplayRunner:
         embedder: Any = None,
         chroma_client: Any = None,
         counter: TokenCounter | None = None,
-        recall_k: int = 8,
+        recall_k: int | None = None,
         reply_reserve: int = DEFAULT_REPLY_RESERVE,
         progress: bool = False,
         concurrent: bool = True,
@@ -899,11 +917,15 @@ class ReplayRunner:
                 progress.update()
 
             turn_map = replay_conversation(chat, conv, prepare=spec.uses_summary, on_turn=on_turn)
+            part_map = [0] * len(conv.turns)
+            for group in turn_groups(conv):
+                for position, i in enumerate(group):
+                    part_map[i] = position
             if turn_bar is None:
                 inner.close()
             if spec.uses_recall:
                 chat.drain()  # turns are stored in a worker thread
-                self._check_stored(chat.conversation_id, len(chat.turns))
+                self._check_stored(chat.conversation_id, chat.history)
             for index, question in enumerate(conv.questions):
                 plan = chat.preview(question.question)
                 failed = plan.notes_of("recall_failed")
@@ -917,6 +939,7 @@ class ReplayRunner:
                         conversation_id=conv.conversation_id,
                         index=index,
                         words=self.words,
+                        part_map=part_map,
                     )
                 )
             chat.close()
@@ -940,11 +963,11 @@ class ReplayRunner:
             self.log(f"{line}, {result.wall_seconds:.1f} s")
         return result
 
-    def _check_stored(self, conversation_id: str, turns: int) -> None:
-        stored = self._recall.store.count(conversation_id)
-        if stored < turns:
+    def _check_stored(self, conversation_id: str, history: Any) -> None:
+        missing = self._recall.missing(conversation_id, history)
+        if missing:
             raise RunError(
-                f"{conversation_id}: the recall store holds {stored} of {turns} turns "
+                f"{conversation_id}: the recall store lacks {len(missing)} messages "
                 "(storing failed; see the RuntimeWarning above)"
             )
 
@@ -1076,7 +1099,7 @@ def run_replay(
     summarizer: Summarizer | None = None,
     embedder: Any = None,
     chroma_client: Any = None,
-    recall_k: int = 8,
+    recall_k: int | None = None,
     reply_reserve: int = DEFAULT_REPLY_RESERVE,
     progress: bool = False,
     concurrent: bool = True,
@@ -1105,7 +1128,7 @@ def run_replay(
         summarizer: Required when a row summarises.
         embedder: For recall rows (None: the packaged all-MiniLM-L6-v2).
         chroma_client: For recall rows (None: a private in-memory client).
-        recall_k: ``VectorRecall(k=...)``.
+        recall_k: ``VectorRecall(k=...)`` (default None: the default, no fixed count).
         reply_reserve: Room for the reply in summary rows.
         progress: tqdm progress bars on stderr.
         concurrent: Run summary rows in a second thread (see :class:`ReplayRunner`).
