@@ -166,10 +166,10 @@ def time_ranges(text: str, reference: float) -> list[tuple[float, float]]:
             take(m, (_stamp(start), _stamp(end)))
     for m in _YESTERDAY.finditer(text):
         word = m.group(1).lower()
-        day = ref.replace(hour=0, minute=0, second=0, microsecond=0)
+        midnight = ref.replace(hour=0, minute=0, second=0, microsecond=0)
         if word in ("yesterday", "last night"):
-            day -= timedelta(days=1)
-        take(m, (_stamp(day) - 0.5 * _DAY, _stamp(day) + 1.5 * _DAY))
+            midnight -= timedelta(days=1)
+        take(m, (_stamp(midnight) - 0.5 * _DAY, _stamp(midnight) + 1.5 * _DAY))
     return out
 
 

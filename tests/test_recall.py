@@ -241,7 +241,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from convmem import ContextOverflowError, History, JobResult  # noqa: E402
 from convmem.invariants import check_plan  # noqa: E402
-from convmem.strategies.recall import RECALL_JOB, Candidates  # noqa: E402
+from convmem.strategies.recall import Candidates  # noqa: E402
 from convmem.strategy import Budget, ContextRequest  # noqa: E402
 from convmem.tokens import default_counter  # noqa: E402
 
@@ -447,7 +447,7 @@ def recall_requests(draw: Any) -> ContextRequest:
         conversation_id="prop",
         model="gpt-4o-mini",
     )
-    req.results[RECALL_JOB] = JobResult(
+    req.results["recall-under-test"] = JobResult(
         value=Candidates(
             query="flamingo in May 2023",
             dense=tuple((t, p, 0.9 - 0.01 * i) for i, (t, p) in enumerate(dense)),
@@ -461,6 +461,7 @@ def recall_requests(draw: Any) -> ContextRequest:
 @given(req=recall_requests(), window=st.integers(0, 2), k=st.sampled_from([None, 1, 3]))
 def test_invariants_hold_over_recalled_windows(req: ContextRequest, window: int, k: Any) -> None:
     recall = VectorRecall(window=window, k=k)  # the store is never touched: results are given
+    req.results = {recall.job_key: req.results["recall-under-test"]}
     for strategy in (recall, Pipeline(recall, Truncate(max_tokens=700))):
         try:
             plan = strategy.build(req)

@@ -338,7 +338,6 @@ def test_in_memory_index_agrees_with_chroma_and_follows_writes() -> None:
 # --- both indexes, one writer process per embedded directory, a real Chroma server ----------
 
 
-
 def test_both_indexes_persist(tmp_path: Path) -> None:
     rng = random.Random(9)
     vectors = [unit(rng) for _ in range(6)]

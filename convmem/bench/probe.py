@@ -238,6 +238,7 @@ _SUBJECTS: dict[str, tuple[_Subject, ...]] = {
 
 # Follow-ups: options the user names in one of the last turns; the question refers back to
 # one of them by position only, so nothing but the turn itself can answer it.
+_FOLLOW_UP_MAX_WORDS = 60  # the longest message the generator writes (see synth)
 _FOLLOW_UP_ITEMS = (
     "risotto", "gnocchi", "paella", "goulash", "moussaka", "tagine", "ramen", "falafel",
     "bibimbap", "ceviche", "pierogi", "jambalaya",
@@ -420,7 +421,7 @@ def _plant_follow_ups(
         # Keep the turn within 20-60 words: drop the filler's last sentences if needed.
         text = statement.format(a=a, b=b)
         for sentence in re.split(r"(?<=[.!?]) ", old.text):
-            if len(text.split()) + len(sentence.split()) > _MAX_WORDS:
+            if len(text.split()) + len(sentence.split()) > _FOLLOW_UP_MAX_WORDS:
                 break
             text += " " + sentence
         turns[tid] = BenchTurn(

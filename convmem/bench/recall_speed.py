@@ -202,7 +202,7 @@ def run_size(
 
     from ..history import History
     from ..strategies import Pipeline, Truncate, VectorRecall
-    from ..strategy import Budget, ContextRequest
+    from ..strategy import Budget, ContextRequest, LocalJob
     from ..tokens import TiktokenCounter
 
     result = RecallSize(turns, other_conversations, other_turns)
@@ -249,12 +249,10 @@ def run_size(
                 model="bench",
             )
             q0 = time.perf_counter()
-            jobs = strategy.prepare(request)
-            results = {}
-            for job in jobs:
-                results[job.key] = _Result(job.fn())
+            for job in strategy.prepare(request):
+                assert isinstance(job, LocalJob)
+                request.results[job.key] = _Result(job.fn())
             q1 = time.perf_counter()
-            request.results = results
             strategy.build(request)
             q2 = time.perf_counter()
             # The parts, timed apart (not part of the total above).
