@@ -226,8 +226,8 @@ Component = SummaryComponent | RecallComponent | RecentComponent
 def fill_recent(comp: Composition, *, max_turns: int | None = None) -> None:
     """The default recent-turn policy: adds the newest whole turns that fit, one contiguous run.
 
-    Continues below the turns already kept, and stops at the first turn that is summarised or
-    recalled, over ``max_turns``, or over the room left.
+    Continues below the turns already kept, steps over turns already in the recalled section,
+    and stops at the first turn that is summarised, over ``max_turns``, or over the room left.
     """
     history = comp.request.history
     turns = history.turn_list()
@@ -238,7 +238,10 @@ def fill_recent(comp: Composition, *, max_turns: int | None = None) -> None:
     for i in range(start, -1, -1):
         turn = turns[i]
         if comp.is_decided(turn.id):
-            break  # summarised or recalled: the run of recent turns ends here
+            decision = comp.decisions.get(turn.id)
+            if decision is not None and decision.action == "recalled":
+                continue  # already sent by recall: room it left can still take older turns
+            break  # summarised: the run of recent turns ends here
         if max_turns is not None and len(comp.recent) >= max_turns:
             break
         if comp.request.turn_tokens(turn) > comp.remaining:

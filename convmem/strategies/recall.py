@@ -62,6 +62,10 @@ DEFAULT_WINDOW = 1
 #: everything and would only add noise.
 COMMON_TERM_SHARE = 0.2
 
+#: A later candidate among this many of the best that shares a word of the query with a
+#: recalled message counts as a later mention of it (and comes along).
+LATER_MENTION_RANK = 30
+
 #: Share of the free budget the newest turns keep when the history no longer fits.
 DEFAULT_RECENT_SHARE = 0.1
 
@@ -594,6 +598,9 @@ class VectorRecall:
 
         sent: dict[Key, float] = {}  # message -> score of the unit that brought it
         terms: dict[Key, frozenset[str]] = {}
+        from ..lexical import query_terms
+
+        query_words = frozenset(_stem(w) for w in query_terms(cands.query))
         reasons: dict[int, list[str]] = {}
         spent = 0
         chosen = 0
@@ -605,7 +612,7 @@ class VectorRecall:
             if self._blocked(comp, turns, key) or key in sent:
                 continue
             group = self._window(comp, turns, key)
-            later = self._later_mention(comp, turns, key, order, sent, terms)
+            later = self._later_mention(comp, turns, key, order, sent, terms, query_words)
             if later is not None:
                 group += [m for m in self._window(comp, turns, later) if m not in group]
             new = [m for m in group if m not in sent]
@@ -689,17 +696,22 @@ class VectorRecall:
         order: Sequence[Key],
         sent: dict[Key, float],
         terms: dict[Key, frozenset[str]],
+        query: frozenset[str],
     ) -> Key | None:
         """A later candidate message about the same thing (e.g. a correction), if any."""
         base = _terms(terms, turns, key)
-        if len(base) < 2:
+        if not base:
             return None
-        for other in order:
+        for rank, other in enumerate(order):
             if other <= key or other in sent or self._blocked(comp, turns, other):
                 continue
             words = _terms(terms, turns, other)
-            shared = len(base & words)
-            if shared >= 2 and shared * 3 >= min(len(base), len(words)):
+            shared = base & words
+            # The same thing: much in common, or (among the best candidates for this query)
+            # the very words the query asks about.
+            if len(shared) >= 2 and len(shared) * 3 >= min(len(base), len(words)):
+                return other
+            if rank < LATER_MENTION_RANK and shared & query:
                 return other
         return None
 
