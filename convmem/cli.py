@@ -6,6 +6,7 @@
     convmem bench probe --quick --no-summary
     convmem bench locomo --data locomo10.json [--conversations 2] [--budgets 2000,4000,8000]
     convmem bench speed [--quick]       # per-call cost of building the context (bench/speed.py)
+    convmem bench recall [--quick]      # recall query latency, indexing throughput
     convmem bench store                 # durable stores: commit latency, appends/s, resume
     convmem demo [--fake]               # a short conversation on the local model (or a fake)
     convmem chat [-m MODEL] [--base-url URL] [--strategy S] [-c | --cid ID]   # see convmem.chat
@@ -217,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     kinds.add_parser(
+        "recall",
+        help="recall query latency at 10k and 100k stored turns, indexing throughput",
+        description="See 'convmem bench recall --help'.",
+        add_help=False,
+    )
+
+    kinds.add_parser(
         "store",
         help="durable stores: commit latency, appends/s with 1 and 8 processes, resume time",
         description="See 'convmem bench store --help'.",
@@ -402,6 +410,15 @@ def _bench(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def _recall_speed(argv: Sequence[str]) -> int:
+    from .bench import recall_speed
+
+    try:
+        return int(recall_speed.main(list(argv)) or 0)
+    except SystemExit as exc:  # its argparse exits on --help (0) and bad arguments (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+
+
 def _speed(argv: Sequence[str]) -> int:
     if importlib.util.find_spec("convmem.bench.speed") is None:
         print(
@@ -458,6 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list[:2] == ["bench", "speed"]:
         # The speed benchmark owns its arguments (and its --help).
         return _speed(args_list[2:])
+    if args_list[:2] == ["bench", "recall"]:
+        return _recall_speed(args_list[2:])  # owns its arguments (bench/recall_speed.py)
     if args_list[:2] == ["bench", "store"]:
         return _store_bench(args_list[2:])  # owns its arguments too (bench/store.py)
     parser = build_parser()

@@ -87,7 +87,7 @@ def test_fact_from_turn_3_of_200_reaches_a_late_question_truncate_alone_loses_it
     # The message comes with its neighbours (the reply before it, its own reply), quoted in a
     # delimited block that carries the turn ids and time.
     content = recalled[0]["content"]
-    assert '<convmem-turn id="2-3" time="' in content
+    assert '<convmem-session date="' in content and "\nturns 2-3, " in content
     assert "│ My daughter's piano teacher is called Ms Okonkwo" in content
 
 
