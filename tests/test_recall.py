@@ -461,7 +461,7 @@ def recall_requests(draw: Any) -> ContextRequest:
 @given(req=recall_requests(), window=st.integers(0, 2), k=st.sampled_from([None, 1, 3]))
 def test_invariants_hold_over_recalled_windows(req: ContextRequest, window: int, k: Any) -> None:
     recall = VectorRecall(window=window, k=k)  # the store is never touched: results are given
-    req.results = {recall.job_key: req.results["recall-under-test"]}
+    req.results[recall.job_key] = req.results["recall-under-test"]
     for strategy in (recall, Pipeline(recall, Truncate(max_tokens=700))):
         try:
             plan = strategy.build(req)

@@ -299,7 +299,7 @@ class VectorRecall:
         self._lock = threading.Lock()
         # Per conversation: the last stored turn (its last message waits for its neighbour),
         # and whether this process has checked the store against the history.
-        self._tails: dict[str, Turn] = {}
+        self._edges: dict[str, dict[tuple[str, int], Turn]] = {}
         self._checked: set[str] = set()
         self._line_tokens: weakref.WeakKeyDictionary[Turn, dict[Any, int]] = (
             weakref.WeakKeyDictionary()
@@ -357,7 +357,11 @@ class VectorRecall:
         return "\n".join(line for line in lines if line)
 
     def _units(
-        self, conversation_id: str, turns: Sequence[Turn], before: Sequence[Message]
+        self,
+        conversation_id: str,
+        turns: Sequence[Turn],
+        before: Sequence[Message],
+        after: Sequence[Message] = (),
     ) -> list[Any]:
         """Units of ``turns`` (consecutive, complete), the last message held back.
 
@@ -373,6 +377,10 @@ class VectorRecall:
             for part, msg in enumerate(turn.messages):
                 msgs.append(msg)
                 owners.append((turn, part))
+        msgs.extend(after)
+        owners.extend([None] * len(after))
+        if after:
+            owners.append(None)  # the last message has its next neighbour: store it too
         out = []
         for i, owner in enumerate(owners[:-1]):
             if owner is None:
@@ -400,26 +408,32 @@ class VectorRecall:
         def store_turns() -> int:
             from ..store import StoredTurn
 
-            tail = self._tails.get(conversation_id)
-            before: list[Message] = []
-            held: list[Any] = []
-            if tail is not None and tail.id < finished[0].id:
-                before = list(tail.messages)
-            units = self._units(conversation_id, finished, before)
-            if tail is not None and tail.id < finished[0].id and tail.messages:
+            first, last = finished[0], finished[-1]
+            # Jobs may run out of order (a shared pool): each batch meets its neighbours
+            # through these edges, whichever runs first, so no message is left unstored.
+            with self._lock:
+                edges = self._edges.setdefault(conversation_id, {})
+                prev = edges.pop(("last", first.id - 1), None)
+                nxt = edges.pop(("first", last.id + 1), None)
+                if prev is None:
+                    edges[("first", first.id)] = first
+                if nxt is None:
+                    edges[("last", last.id)] = last
+            before = list(prev.messages) if prev is not None else []
+            after = list(nxt.messages[:1]) if nxt is not None else []
+            units = self._units(conversation_id, finished, before, after)
+            if prev is not None and prev.messages:
                 # The previous turn's last message, now with its next neighbour.
-                msgs = [*tail.messages, *finished[0].messages]
-                i = len(tail.messages) - 1
+                msgs = [*prev.messages, *first.messages]
+                i = len(prev.messages) - 1
                 text = self._unit_text(msgs, i)
                 if text.strip():
-                    held.append(StoredTurn(conversation_id, tail.id, text, tail.created_at, i))
+                    units.insert(0, StoredTurn(conversation_id, prev.id, text, prev.created_at, i))
             try:
-                n = self._embed_store(held + units)
+                return self._embed_store(units)
             except BaseException:
                 self._checked.discard(conversation_id)  # found and stored at the next call
                 raise
-            self._tails[conversation_id] = finished[-1]
-            return n
 
         return [LocalJob(f"{self.job_key}:store", store_turns)]
 
