@@ -265,7 +265,7 @@ def hash_embed(texts: list[str]) -> list[list[float]]:
 
 def test_split_policy_default() -> None:
     assert default_recall_budget(2000, True, [100]) == 0  # everything fits: nothing to recall
-    assert default_recall_budget(2000, False, [50, 50, 50]) == 1600  # 20% stays recent
+    assert default_recall_budget(2000, False, [50, 50, 50]) == 1800  # 10% stays recent
     assert default_recall_budget(2000, False, [400, 300, 200]) == 1100  # the newest 3 turns
     assert default_recall_budget(2000, False, [900, 900, 900]) == 1000  # at most half
     assert default_recall_budget(0, False, []) == 0
