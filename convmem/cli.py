@@ -7,6 +7,7 @@
     convmem bench locomo --data locomo10.json [--conversations 2] [--budgets 2000,4000,8000]
     convmem bench speed [--quick]       # per-call cost of building the context (bench/speed.py)
     convmem bench recall [--quick]      # recall query latency, indexing throughput
+    convmem bench latency [--turns N]   # turn latency p50/p95 on the local model (bench/latency)
     convmem bench store                 # durable stores: commit latency, appends/s, resume
     convmem demo [--fake]               # a short conversation on the local model (or a fake)
     convmem chat [-m MODEL] [--base-url URL] [--strategy S] [-c | --cid ID]   # see convmem.chat
@@ -209,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--conversations", type=_positive, default=None, help="replay only the first N"
     )
     _add_common(locomo, budgets=LOCOMO.budgets, max_summary=LOCOMO.max_summary_tokens)
+
+    kinds.add_parser(
+        "latency",
+        help="turn latency p50/p95/max over a long conversation with the local model",
+        description="See 'convmem bench latency --help'.",
+        add_help=False,
+    )
 
     kinds.add_parser(
         "speed",
@@ -419,6 +427,15 @@ def _recall_speed(argv: Sequence[str]) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
 
 
+def _latency(argv: Sequence[str]) -> int:
+    from .bench import latency
+
+    try:
+        return int(latency.main(list(argv)) or 0)
+    except SystemExit as exc:  # its argparse exits on --help (0) and bad arguments (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+
+
 def _speed(argv: Sequence[str]) -> int:
     if importlib.util.find_spec("convmem.bench.speed") is None:
         print(
@@ -477,6 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _speed(args_list[2:])
     if args_list[:2] == ["bench", "recall"]:
         return _recall_speed(args_list[2:])  # owns its arguments (bench/recall_speed.py)
+    if args_list[:2] == ["bench", "latency"]:
+        return _latency(args_list[2:])  # owns its arguments too (bench/latency.py)
     if args_list[:2] == ["bench", "store"]:
         return _store_bench(args_list[2:])  # owns its arguments too (bench/store.py)
     parser = build_parser()

@@ -32,7 +32,7 @@ from .gate import _busy_error, _Claim
 from .history import Summary, Turn
 from .plan import ContextPlan
 from .replies import Chooser, not_json, parsed
-from .strategy import ContextRequest, Job, LLMJob, LocalJob, PreparingStrategy
+from .strategy import ContextRequest, Job, LLMJob, LocalJob
 from .streaming import StreamAssembler
 from .workers import POOL, start_daemon
 
@@ -58,7 +58,9 @@ class AsyncConversation(_Core):
         client: An ``openai.AsyncOpenAI`` client.
         background_summary: After each reply, let the strategy make the summary the next call
             would need (e.g. ``RollingSummary``) in the background, so the next call does not
-            wait for it. The next call waits only if it starts before the summary is done.
+            wait for it. The next call waits only if it starts before the summary is done; a
+            summariser that fails leaves the history untouched (``last_background_error``) and
+            the next call summarises as without the option.
         model, system, strategy, context_window, ...: The same as :class:`Conversation`.
             A window neither the caller nor the table knows is asked from the server at the
             first call (a constructor cannot await), so an unknown model on a server that
@@ -271,6 +273,15 @@ class AsyncConversation(_Core):
             await self._run_jobs(request, jobs)
             return self._keep_prepared(request)
 
+    async def warm(self) -> AsyncConversation:
+        """Loads now what the first call would load (see :meth:`Conversation.warm`), off the
+        event loop; also a stored conversation (``store=``). Idempotent, cheap once warm."""
+        async with self._hold("warm"):
+            self._check_open()
+            await self._sync_store()
+            await asyncio.to_thread(self._warm_parts)
+        return self
+
     # -- calls --------------------------------------------------------------------------------
     async def preview(self, message: Any = None, **params: Any) -> ContextPlan:
         """The plan a call would send, without calling the model (see ``Conversation.preview``)."""
@@ -332,7 +343,7 @@ class AsyncConversation(_Core):
             raise InvalidResponseError(f"parse() could not read it ({exc})") from exc
 
     async def _run(self, call: _Call, create: Callable[..., Any]) -> ChatCompletion:
-        async with self._hold("call"):
+        async with self._hold("call") as claim:
             try:
                 await self._start(call)
                 while True:
@@ -356,7 +367,7 @@ class AsyncConversation(_Core):
                 self._failed(call, exc)
                 raise
             self.last_ttft = None
-            self._after_commit(turns)
+            self._after_commit(claim, turns)
             if cancelled is not None:
                 raise cancelled
             return completion  # type: ignore[no-any-return]
@@ -372,16 +383,35 @@ class AsyncConversation(_Core):
         outcome, cancelled = await self._link.write_async(self, [*call.pending, call.final])
         return self._commit(call, completion, outcome), cancelled
 
-    def _after_commit(self, turns: Sequence[Turn]) -> None:
+    def _after_commit(self, claim: _Claim, turns: Sequence[Turn]) -> None:
         self._spawn_observe(turns)
-        if self.background_summary and isinstance(self.strategy, PreparingStrategy):
-            self._spawn(self._prepare_next())
+        job_claim = self._summary_claim(claim)
+        if job_claim is None:
+            return
+        try:
+            task = asyncio.ensure_future(self._background_summary(job_claim))
+        except BaseException:
+            self._gate.release(job_claim)
+            raise
+        # Also when the loop ends before the task ran: the conversation is never left held.
+        task.add_done_callback(lambda _: self._gate.release(job_claim))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _prepare_next(self) -> None:
-        request, jobs = self._next_request()
-        if jobs:
-            await self._run_jobs(request, jobs)
-            self._keep_prepared(request)
+    async def _background_summary(self, claim: _Claim) -> None:
+        """Makes the next summary, holding the conversation (handed over by the call)."""
+        try:
+            if self.closed:
+                return
+            await self._sync_store()
+            request, jobs = self._next_request()
+            if jobs:
+                await self._run_jobs(request, jobs)
+                self._keep_prepared(request)
+        except Exception as exc:
+            self._summary_failed(exc)
+        finally:
+            self._gate.release(claim)
 
     def stream(
         self,
@@ -452,7 +482,7 @@ class AsyncConversation(_Core):
                     self._failed(call, exc)
                 raise
             self.last_ttft = asm.ttft
-            self._after_commit(turns)
+            self._after_commit(claim, turns)
         finally:
             gate.release(claim)
         if cancelled is not None:

@@ -22,9 +22,11 @@ from openai.types.chat import ChatCompletion
 from . import _check
 from ._check import optional, positive_number
 from .background import (
+    _COLD_LOCK,
     JobResult,
     PendingMemory,
     _Background,
+    _mark_warm,
 )
 from .conversation_server import _ServerFacts
 from .errors import (
@@ -33,7 +35,7 @@ from .errors import (
     ToolRoundsExceededError,
     UsageError,
 )
-from .gate import _Gate
+from .gate import _Claim, _Gate
 from .history import History, Summary, Turn, load_conversation
 from .messages import Message, open_tool_call_ids, user_message
 from .plan import ContextPlan, Note, RefusedAttempt
@@ -48,6 +50,7 @@ from .strategy import (
     KeepAll,
     LLMJob,
     LocalJob,
+    PreparingStrategy,
     Strategy,
 )
 from .streaming import StreamAssembler
@@ -186,6 +189,9 @@ class _Core(_Background, _ServerFacts):
         self._memory_lock = threading.Lock()
         self._memory: list[PendingMemory] = []
         self._futures: list[Future[None]] = []
+        self.background_summary = False
+        #: The exception of the last background summary that failed (its call falls back).
+        self.last_background_error: BaseException | None = None
         self._touch_client()
         if self._link is not None and self._load_on_init:
             self._link.attach(self, stored)
@@ -518,6 +524,46 @@ class _Core(_Background, _ServerFacts):
         if plan.new_summary is not None:
             self.history.add_summary(plan.new_summary)
         return plan.new_summary
+
+    # -- warm-up and the background summary (the I/O is in each class) -------------------------
+    def _warm_parts(self) -> None:
+        """Loads what a first call would load on its critical path (blocking; idempotent).
+
+        The tokenizer (by counting a message), then every part of the strategy that has a
+        ``warm()`` (``VectorRecall``: the embedding model and its Chroma collection). Afterwards
+        the strategy's jobs run in the shared pool from the first call on.
+        """
+        self.counter.count_message({"role": "user", "content": "warm"})
+        key = self._warm_key()
+        parts = [key, *getattr(key, "strategies", ())]
+        warms = [w for w in (getattr(p, "warm", None) for p in parts) if callable(w)]
+        if warms:
+            with _COLD_LOCK:  # the imports of a first load never race another thread's
+                for warm in warms:
+                    warm()
+            _mark_warm(key)
+
+    def _summary_claim(self, claim: _Claim) -> _Claim | None:
+        """Hands the conversation from a finished call to a background summary job.
+
+        With ``background_summary`` and a strategy that prepares jobs, the gate passes straight
+        from ``claim`` (the call that just committed) to a new claim the background job
+        releases, so no other call or ``extend()`` can change the history in between: the
+        summary is always built on the history it is committed to. A later call waits at the
+        gate only while the job runs. None when there is nothing to hand over.
+        """
+        if not self.background_summary or not isinstance(self.strategy, PreparingStrategy):
+            return None
+        job_claim = _Claim("background summary", object())
+        with self._gate.cond:
+            if self._gate.holder is not claim:
+                return None
+            self._gate.holder = job_claim
+        return job_claim
+
+    def _summary_failed(self, exc: BaseException) -> None:
+        """A background summary failed: the history is untouched; the next call summarises."""
+        self.last_background_error = exc
 
     def _job_call(self, job: LLMJob) -> tuple[Any, dict[str, Any]]:
         """The client and ``create`` arguments of a strategy's LLM job."""

@@ -88,6 +88,12 @@ class Conversation(_Core):
             ``"fork"``.
         save_plan: With a store, also keep each call's :class:`~convmem.plan.ContextPlan`
             (``StoredConversation.state["last_plan"]``); off by default, plans are large.
+        background_summary: After each reply, make the summary the next call would need
+            (e.g. ``RollingSummary``) in the shared pool, so the next call does not wait for
+            it. The job holds the conversation like a call: a call that starts before the
+            summary is done waits for it; a summariser that fails leaves the history untouched
+            (:attr:`last_background_error`) and the next call summarises as without the option.
+        warm: Call :meth:`warm` now (load the tokenizer and the embedding model up front).
 
     One call runs at a time. A stream holds the conversation only while it works, never
     while its consumer has an event: a later call from the same thread (after a ``break``
@@ -125,6 +131,8 @@ class Conversation(_Core):
         store: Any = None,
         on_conflict: str = "append",
         save_plan: bool = False,
+        background_summary: bool = False,
+        warm: bool = False,
     ) -> None:
         if isinstance(client, openai.AsyncOpenAI):
             raise UsageError(
@@ -149,8 +157,11 @@ class Conversation(_Core):
             on_conflict=on_conflict,
             save_plan=save_plan,
         )
+        self.background_summary = background_summary
         if self._ask_server:  # not in the table: the server says, or UnknownModelError
             self._consult_server()
+        if warm:
+            self._warm_parts()
 
     # -- holding the conversation -------------------------------------------------------------
     def _acquire(self, kind: str) -> _Claim:
@@ -285,6 +296,48 @@ class Conversation(_Core):
             self._run_jobs(request, jobs)
             return self._keep_prepared(request)
 
+    def warm(self) -> Conversation:
+        """Loads now what the first call would load: the tokenizer and, for strategies that
+        embed (``VectorRecall``), the embedding model and the Chroma collection.
+
+        Idempotent, and cheap once warm. Returns the conversation, so
+        ``conv = Conversation(...).warm()``.
+        """
+        with self._hold("warm"):
+            self._check_open()
+            self._warm_parts()
+        return self
+
+    def _after_commit(self, claim: _Claim, turns: Sequence[Turn]) -> None:
+        self._spawn_observe(turns)
+        job_claim = self._summary_claim(claim)
+        if job_claim is None:
+            return
+        try:
+            fut = POOL.submit(lambda: self._background_summary(job_claim))
+        except BaseException:
+            self._gate.release(job_claim)
+            raise
+        fut.add_done_callback(lambda _: self._gate.release(job_claim))
+        with self._memory_lock:
+            self._futures.append(fut)
+
+    def _background_summary(self, claim: _Claim) -> None:
+        """Makes the next summary, holding the conversation (handed over by the call)."""
+        try:
+            if self.closed:
+                return
+            if self._link is not None:
+                self._link.catch_up(self, self._link.fetch())
+            request, jobs = self._next_request()
+            if jobs:
+                self._run_jobs(request, jobs)
+                self._keep_prepared(request)
+        except Exception as exc:
+            self._summary_failed(exc)
+        finally:
+            self._gate.release(claim)
+
     # -- calls --------------------------------------------------------------------------------
     def preview(self, message: Any = None, **params: Any) -> ContextPlan:
         """The plan a call with ``message`` would send, without calling the model.
@@ -375,7 +428,7 @@ class Conversation(_Core):
             raise InvalidResponseError(f"parse() could not read it ({exc})") from exc
 
     def _run(self, call: _Call, create: Callable[..., Any]) -> ChatCompletion:
-        with self._hold("call"):
+        with self._hold("call") as claim:
             try:
                 self._start(call)
                 while True:
@@ -397,7 +450,7 @@ class Conversation(_Core):
                 self._failed(call, exc)
                 raise
             self.last_ttft = None
-            self._spawn_observe(turns)
+            self._after_commit(claim, turns)
             return completion  # type: ignore[no-any-return]
 
     def stream(
@@ -470,7 +523,7 @@ class Conversation(_Core):
                     self._failed(call, exc)
                 raise
             self.last_ttft = asm.ttft
-            self._spawn_observe(turns)
+            self._after_commit(claim, turns)
         finally:
             self._gate.release(claim)
         assert call.final is not None

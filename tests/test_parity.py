@@ -185,6 +185,7 @@ PUBLIC = [
     "from_json",
     "prepare_next",
     "drain",
+    "warm",
 ]
 
 

@@ -296,6 +296,7 @@ class VectorRecall:
         self.candidates = candidates
         self._store: Any = None
         self._embedder: Any = None
+        self._warmed = False
         self._lock = threading.Lock()
         # Per conversation: the last stored turn (its last message waits for its neighbour),
         # and whether this process has checked the store against the history.
@@ -397,6 +398,18 @@ class VectorRecall:
         vectors = self.embedder([u.text for u in units])
         self.store.add(list(units), vectors)
         return len(units)
+
+    def warm(self) -> None:
+        """Loads the embedding model (by embedding one text) and opens the Chroma collection.
+
+        What the first call would otherwise do on its critical path; ``conv.warm()`` calls it.
+        Idempotent: later calls cost nothing.
+        """
+        if self._warmed:
+            return
+        self.embedder(["warm"])
+        _ = self.store
+        self._warmed = True
 
     # -- strategy protocol -----------------------------------------------------------------------
     def observe(self, conversation_id: str, turns: Sequence[Turn]) -> list[Job]:
