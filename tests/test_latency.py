@@ -120,7 +120,9 @@ def test_next_call_waits_for_a_running_background_summary() -> None:
     assert [r["messages"] for r in server.requests] == [
         r["messages"] for r in drained_server.requests
     ]
-    assert [p.summary_calls != [] for p in plans] == [p.summary_calls != [] for p in drained]
+    assert [bool(p and p.summary_calls) for p in plans] == [
+        bool(p and p.summary_calls) for p in drained
+    ]
 
 
 def test_failed_background_summary_leaves_history_and_next_call_falls_back() -> None:
