@@ -40,6 +40,11 @@ NOTE_TEXTS: dict[str, str] = {
     "tool_output_cut": "tool output {tool_call_id} cut from {before} to {after} characters to "
     "fit the window",
     "recall_failed": "recall failed ({error}); sent without it",
+    "cache_block_dropped": "budget hit: dropped {dropped_turns} old turn(s) down to the "
+    "low-water mark ({low_water:.0%}); recent turns from turn {kept_from} are kept fixed for the "
+    "prompt cache",
+    "cache_prefix_kept": "prompt cache: recent turns kept from turn {kept_from} (stable prefix, "
+    "{kept_turns} turn(s))",
     "recall_nothing_fits": "no recalled turn fits the recall budget or all are recent",
 }
 

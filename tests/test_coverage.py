@@ -210,7 +210,7 @@ def test_summary_selection_reaches_the_first_recent_turn() -> None:
         model="m",
     )
     summary = RollingSummary(trigger=0.99, max_summary_tokens=100)
-    components: list[Component] = [summary, Truncate(max_turns=4)]
+    components: list[Component] = [summary, Truncate(max_turns=4, cache_policy=None)]
     turns = summary.select(req, components)
     # Not due by size, but the recent run (4 turns) leaves turns 5-25 behind: cover them.
     assert [t.id for t in turns] == list(range(5, 26))

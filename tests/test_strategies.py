@@ -55,7 +55,7 @@ def request(
 def test_truncate_keeps_newest_whole_turns_within_budget() -> None:
     h = history(50)
     req = request(h)
-    plan = Truncate().build(req)
+    plan = Truncate(cache_policy=None).build(req)
     check_plan(plan, req)
     kept = plan.kept
     assert kept == list(range(kept[0], 50))  # a contiguous run of the newest turns
@@ -70,9 +70,9 @@ def test_truncate_keeps_newest_whole_turns_within_budget() -> None:
 def test_truncate_max_turns_and_max_tokens() -> None:
     h = history(50)
     req = request(h, window=100_000, reserve=1000)
-    plan = Truncate(max_turns=3).build(req)
+    plan = Truncate(max_turns=3, cache_policy=None).build(req)
     assert plan.kept == [47, 48, 49]
-    plan = Truncate(max_tokens=300).build(req)
+    plan = Truncate(max_tokens=300, cache_policy=None).build(req)
     check_plan(plan, req)
     assert plan.corrected_tokens <= 300
     assert len(plan.kept) >= 1

@@ -840,11 +840,15 @@ class ReplayRunner:
         assert spec.budget is not None
         budget = spec.budget
         if spec.kind == "truncate":
-            return Truncate(max_tokens=budget), FULL_WINDOW, None
+            return Truncate(max_tokens=budget, cache_policy=None), FULL_WINDOW, None
         if spec.uses_recall and self._recall is None:
             self.setup()
         if spec.kind == "recall":
-            return Pipeline(self._recall, Truncate(max_tokens=budget)), FULL_WINDOW, None
+            return (
+                Pipeline(self._recall, Truncate(max_tokens=budget, cache_policy=None)),
+                FULL_WINDOW,
+                None,
+            )
         summ = self.summarizer
         assert summ is not None
         summary = RollingSummary(
@@ -858,7 +862,7 @@ class ReplayRunner:
         if spec.kind == "summary":
             return summary, window, self.reply_reserve
         return (
-            Pipeline(summary, self._recall, Truncate(max_tokens=budget)),
+            Pipeline(summary, self._recall, Truncate(max_tokens=budget, cache_policy=None)),
             window,
             self.reply_reserve,
         )

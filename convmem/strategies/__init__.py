@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .compose import Composition, RecentTurns
+from .compose import DEFAULT_CACHE_POLICY, BlockTruncation, Composition, RecentTurns
 from .custom import Selection
 from .pipeline import Pipeline
 from .summary import RollingSummary, default_should_summarize
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from .recall import VectorRecall
 
 __all__ = [
+    "DEFAULT_CACHE_POLICY",
+    "BlockTruncation",
     "Composition",
     "Pipeline",
     "RecentTurns",

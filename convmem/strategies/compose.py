@@ -89,6 +89,8 @@ class Composition:
     notes: list[Note] = field(default_factory=list)
     summary_calls: list[SummaryCall] = field(default_factory=list)
     new_summary: Summary | None = None
+    recent_floor: int | None = None
+    recent_floor_set: bool = False
 
     @property
     def used(self) -> int:
@@ -223,11 +225,14 @@ class RecentComponent(Protocol):
 Component = SummaryComponent | RecallComponent | RecentComponent
 
 
-def fill_recent(comp: Composition, *, max_turns: int | None = None) -> None:
+def fill_recent(
+    comp: Composition, *, max_turns: int | None = None, floor: int | None = None
+) -> None:
     """The default recent-turn policy: adds the newest whole turns that fit, one contiguous run.
 
     Continues below the turns already kept, steps over turns already in the recalled section,
-    and stops at the first turn that is summarised, over ``max_turns``, or over the room left.
+    and stops at the first turn that is summarised, over ``max_turns``, over the room left, or
+    older than ``floor`` (a turn id).
     """
     history = comp.request.history
     turns = history.turn_list()
@@ -242,11 +247,47 @@ def fill_recent(comp: Composition, *, max_turns: int | None = None) -> None:
             if decision is not None and decision.action == "recalled":
                 continue  # already sent by recall: room it left can still take older turns
             break  # summarised: the run of recent turns ends here
+        if floor is not None and turn.id < floor:
+            break
         if max_turns is not None and len(comp.recent) >= max_turns:
             break
         if comp.request.turn_tokens(turn) > comp.remaining:
             break
         comp.add_recent(turn)
+
+
+@dataclass(frozen=True)
+class BlockTruncation:
+    """Prompt-cache policy: drop old turns in blocks and keep the first kept turn fixed.
+
+    A sliding window drops one old turn per call once the budget is hit, so the messages after
+    the system prompt change on every call and a provider's prompt cache (OpenAI, DeepSeek,
+    vLLM, llama.cpp) never matches past them. With this policy, when the newest turns no longer
+    all fit, old turns are dropped down to a low-water mark (``low_water`` of the room for
+    recent turns, and of ``max_turns``); on later calls the first kept turn stays the same, and
+    only new turns are added after it, until the budget is hit again.
+
+    The state (the first kept turn per ``conversation_id``) lives in the strategy object and is
+    not persisted: after a restart the next call recomputes it.
+
+    Args:
+        low_water: Share of the recent-turn room (and of ``max_turns``) to fill after a drop,
+            between 0 and 1 (exclusive of 0).
+
+    Raises:
+        UsageError: ``low_water`` is not in (0, 1].
+    """
+
+    low_water: float = 0.65
+
+    def __post_init__(self) -> None:
+        lw = self.low_water
+        if isinstance(lw, bool) or not isinstance(lw, int | float) or not 0 < lw <= 1:
+            raise UsageError(f"BlockTruncation(low_water=...) must be in (0, 1], got {lw!r}")
+
+
+#: The cache policy :class:`~convmem.strategies.Truncate` uses unless told otherwise.
+DEFAULT_CACHE_POLICY = BlockTruncation()
 
 
 class RecentTurns:
@@ -255,16 +296,101 @@ class RecentTurns:
     Args:
         max_turns: Keep at most this many past turns.
         max_tokens: Cap on the whole prompt, in tokens.
+        cache_policy: :class:`BlockTruncation` to drop old turns in blocks and keep the prefix
+            stable for prompt caches; ``None`` for a sliding window (one turn per call).
     """
 
     role: Literal["recent"] = "recent"
 
-    def __init__(self, max_turns: int | None = None, max_tokens: int | None = None) -> None:
+    def __init__(
+        self,
+        max_turns: int | None = None,
+        max_tokens: int | None = None,
+        cache_policy: BlockTruncation | None = None,
+    ) -> None:
+        if cache_policy is not None and not isinstance(cache_policy, BlockTruncation):
+            raise UsageError(
+                f"cache_policy must be a BlockTruncation or None, got {cache_policy!r}"
+            )
         self.max_turns = max_turns
         self.max_tokens = max_tokens
+        self.cache_policy = cache_policy
+        self._anchors: dict[str, int] = {}
 
     def contribute(self, comp: Composition) -> None:
-        fill_recent(comp, max_turns=self.max_turns)
+        if self.cache_policy is not None and not comp.recent_floor_set:
+            comp.recent_floor = self._choose_floor(comp, self.cache_policy)
+            comp.recent_floor_set = True
+        fill_recent(comp, max_turns=self.max_turns, floor=comp.recent_floor)
+
+    def _choose_floor(self, comp: Composition, policy: BlockTruncation) -> int | None:
+        """The id of the oldest turn to keep this call (``None``: no floor)."""
+        request = comp.request
+        key = request.conversation_id
+        turns = request.history.turn_list()
+        candidates: list[Turn] = []  # newest first, the undecided contiguous run
+        for turn in reversed(turns):
+            if comp.is_decided(turn.id):
+                break
+            candidates.append(turn)
+        if not candidates:
+            return None
+        room = comp.remaining
+        fits: list[Turn] = []  # what a sliding window keeps
+        used = 0
+        for turn in candidates:
+            cost = request.turn_tokens(turn)
+            if self.max_turns is not None and len(fits) >= self.max_turns:
+                break
+            if used + cost > room:
+                break
+            fits.append(turn)
+            used += cost
+        anchor = self._anchors.get(key)
+        if len(fits) == len(candidates):
+            # Everything fits: keep the anchor (if any) so the prefix stays as it was.
+            if anchor is not None and anchor > candidates[-1].id:
+                self._note_kept(comp, anchor, candidates)
+                return anchor
+            return None
+        oldest_fit = fits[-1].id if fits else None
+        if anchor is not None and oldest_fit is not None and anchor >= oldest_fit:
+            self._note_kept(comp, anchor, candidates)
+            return anchor
+        # The budget is hit: drop down to the low-water mark.
+        low_tokens = int(room * policy.low_water)
+        low_turns = max(1, int(self.max_turns * policy.low_water)) if self.max_turns else None
+        kept: list[Turn] = []
+        used = 0
+        for turn in fits:
+            cost = request.turn_tokens(turn)
+            if low_turns is not None and len(kept) >= low_turns:
+                break
+            if kept and used + cost > low_tokens:
+                break
+            kept.append(turn)
+            used += cost
+        if not kept:
+            self._anchors.pop(key, None)
+            return None
+        new_anchor = kept[-1].id
+        self._anchors[key] = new_anchor
+        comp.note(
+            "cache_block_dropped",
+            kept_from=new_anchor,
+            kept_turns=len(kept),
+            dropped_turns=len(candidates) - len(kept),
+            low_water=policy.low_water,
+        )
+        return new_anchor
+
+    @staticmethod
+    def _note_kept(comp: Composition, anchor: int, candidates: list[Turn]) -> None:
+        comp.note(
+            "cache_prefix_kept",
+            kept_from=anchor,
+            kept_turns=sum(1 for t in candidates if t.id >= anchor),
+        )
 
 
 def role_of(component: object) -> ComponentRole | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..errors import UsageError
 from ..plan import ContextPlan
 from ..strategy import ContextRequest
-from .compose import RecentTurns, compose
+from .compose import DEFAULT_CACHE_POLICY, BlockTruncation, RecentTurns, compose
 
 
 class Truncate(RecentTurns):
@@ -26,12 +26,25 @@ class Truncate(RecentTurns):
         max_tokens: Cap on the whole prompt, in tokens (system, tools and the new message
             included). Defaults to the window minus room for the reply; a cap above that has no
             effect.
+        cache_policy: How old turns leave once a limit is hit. The default,
+            :data:`~convmem.strategies.compose.DEFAULT_CACHE_POLICY` (a
+            :class:`~convmem.strategies.BlockTruncation` with ``low_water=0.65``), drops old
+            turns in blocks down to 65% of the room and then keeps the first kept turn fixed
+            until the limit is hit again, so the prompt prefix stays the same between calls and
+            providers' prompt caches match it (notes ``cache_block_dropped`` and
+            ``cache_prefix_kept`` say what was kept stable). ``None``: a sliding window, the
+            newest turns that fit on every call (one old turn dropped per call).
 
     Raises:
-        UsageError: a limit is not a positive int.
+        UsageError: a limit is not a positive int, or the cache policy is not one.
     """
 
-    def __init__(self, max_turns: int | None = None, max_tokens: int | None = None) -> None:
+    def __init__(
+        self,
+        max_turns: int | None = None,
+        max_tokens: int | None = None,
+        cache_policy: BlockTruncation | None = DEFAULT_CACHE_POLICY,
+    ) -> None:
         for label, value in (("max_turns", max_turns), ("max_tokens", max_tokens)):
             if value is not None and (
                 not isinstance(value, int) or isinstance(value, bool) or value < 0
@@ -39,7 +52,7 @@ class Truncate(RecentTurns):
                 raise UsageError(f"Truncate({label}=...) must be a non-negative int, got {value!r}")
         if max_tokens == 0:
             raise UsageError("Truncate(max_tokens=0) leaves no room for the new message")
-        super().__init__(max_turns=max_turns, max_tokens=max_tokens)
+        super().__init__(max_turns=max_turns, max_tokens=max_tokens, cache_policy=cache_policy)
 
     @property
     def name(self) -> str:
@@ -48,6 +61,10 @@ class Truncate(RecentTurns):
             parts.append(f"max_turns={self.max_turns}")
         if self.max_tokens is not None:
             parts.append(f"max_tokens={self.max_tokens}")
+        if self.cache_policy is None:
+            parts.append("cache_policy=None")
+        elif self.cache_policy != DEFAULT_CACHE_POLICY:
+            parts.append(f"cache_policy={self.cache_policy!r}")
         return f"Truncate({', '.join(parts)})"
 
     def __repr__(self) -> str:
