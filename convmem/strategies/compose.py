@@ -267,6 +267,11 @@ class BlockTruncation:
     recent turns, and of ``max_turns``); on later calls the first kept turn stays the same, and
     only new turns are added after it, until the budget is hit again.
 
+    Applied only when the recent turns are the whole strategy (``Truncate`` alone): in a
+    pipeline the summary covers what the recent turns leave out and plans against the newest
+    turns that fit, and the recalled section (sent before the recent turns) changes with every
+    new message.
+
     The state (the first kept turn per ``conversation_id``) lives in the strategy object and is
     not persisted: after a restart the next call recomputes it.
 
@@ -318,8 +323,13 @@ class RecentTurns:
         self._anchors: dict[str, int] = {}
 
     def contribute(self, comp: Composition) -> None:
-        if self.cache_policy is not None and not comp.recent_floor_set:
-            comp.recent_floor = self._choose_floor(comp, self.cache_policy)
+        # Only for recent turns alone: a summary plans its coverage against the sliding window
+        # (it moves in blocks itself), and the recalled section, sent before the recent turns,
+        # changes with every new message anyway.
+        alone = all(role_of(c) == "recent" for c in comp.components)
+        policy = self.cache_policy if alone else None
+        if policy is not None and not comp.recent_floor_set:
+            comp.recent_floor = self._choose_floor(comp, policy)
             comp.recent_floor_set = True
         fill_recent(comp, max_turns=self.max_turns, floor=comp.recent_floor)
 
