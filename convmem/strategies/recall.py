@@ -667,7 +667,8 @@ class VectorRecall:
         tokens = request.counter.count_message(message)
         while tokens > budget and sent:  # the estimate above was short: drop the weakest
             weakest = min(sent, key=lambda m: (sent[m], m))
-            del sent[weakest]
+            for m in _tool_group(turns, weakest):  # a tool call and its results go together
+                sent.pop(m, None)
             message = self._message(turns, sent)
             tokens = request.counter.count_message(message)
         if not sent:
