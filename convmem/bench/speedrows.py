@@ -71,7 +71,9 @@ def _convmem_rows(
     cap_s: float,
 ) -> dict[str, CellResult]:
     strategies: dict[str, tuple[Any, int]] = {
-        "truncate": (Truncate(max_tokens=budget), CONTEXT_WINDOW),
+        # The sliding window: kept turns comparable with LangChain's trim_messages at the same
+        # budget (the default block policy keeps fewer to hold the prompt prefix stable).
+        "truncate": (Truncate(max_tokens=budget, cache_policy=None), CONTEXT_WINDOW),
         "rolling_summary": (RollingSummary(), CONTEXT_WINDOW),
         "pipeline": (Pipeline(RollingSummary(), Truncate(max_tokens=budget)), CONTEXT_WINDOW),
         "keep_all": (KeepAll(), HUGE_WINDOW),
