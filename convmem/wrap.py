@@ -372,11 +372,27 @@ class _MemoryMixin:
         conv = self.memory
         return None if conv is None else conv.usage
 
+    @classmethod
+    def _from(cls, client: Any, memory: _Memory, cid: str | None) -> Any:
+        obj = _fresh(cls, client)
+        obj._convmem = memory
+        obj.conversation_id = cid or uuid.uuid4().hex
+        return obj
+
+    def copy(self, **kwargs: Any) -> Any:
+        """The SDK's ``copy``/``with_options``, keeping the memory and the conversation."""
+        new = super().copy(**kwargs)  # type: ignore[misc]
+        new._convmem = self._convmem
+        new.conversation_id = self.conversation_id
+        return new
+
+    with_options = copy
+
     def conversation(self, conversation_id: str) -> Any:
         """A client for another conversation on the same memory (and store)."""
         if not isinstance(conversation_id, str) or not conversation_id:
             raise UsageError("conversation_id must be a non-empty string")
-        other = self.copy()  # type: ignore[attr-defined]
+        other = self.copy()
         other.conversation_id = conversation_id
         return other
 
@@ -384,24 +400,9 @@ class _MemoryMixin:
 class MemoryOpenAI(_MemoryMixin, openai.OpenAI):
     """An ``openai.OpenAI`` whose chat completions remember: made by :func:`wrap`."""
 
-    @classmethod
-    def _from(cls, client: Any, memory: _Memory, cid: str | None) -> MemoryOpenAI:
-        obj: MemoryOpenAI = _fresh(cls, client)
-        obj._convmem = memory
-        obj.conversation_id = cid or uuid.uuid4().hex
-        return obj
-
     @functools.cached_property
     def chat(self) -> Chat:
         return _MemoryChat(self)
-
-    def copy(self, **kwargs: Any) -> MemoryOpenAI:
-        new = super().copy(**kwargs)
-        new._convmem = self._convmem
-        new.conversation_id = self.conversation_id
-        return new
-
-    with_options = copy
 
 
 class _MemoryChat(Chat):
@@ -480,24 +481,9 @@ class _SyncStream(openai.Stream[Any]):
 class AsyncMemoryOpenAI(_MemoryMixin, openai.AsyncOpenAI):
     """An ``openai.AsyncOpenAI`` whose chat completions remember: made by :func:`wrap`."""
 
-    @classmethod
-    def _from(cls, client: Any, memory: _Memory, cid: str | None) -> AsyncMemoryOpenAI:
-        obj: AsyncMemoryOpenAI = _fresh(cls, client)
-        obj._convmem = memory
-        obj.conversation_id = cid or uuid.uuid4().hex
-        return obj
-
     @functools.cached_property
     def chat(self) -> AsyncChat:
         return _AsyncMemoryChat(self)
-
-    def copy(self, **kwargs: Any) -> AsyncMemoryOpenAI:
-        new = super().copy(**kwargs)
-        new._convmem = self._convmem
-        new.conversation_id = self.conversation_id
-        return new
-
-    with_options = copy
 
 
 class _AsyncMemoryChat(AsyncChat):
