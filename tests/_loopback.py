@@ -23,12 +23,13 @@ import pytest
 
 # Shaped like the real error bodies of the OpenAI API.
 ERRORS: dict[int, dict[str, Any]] = {
+    # A 400 that is not a context overflow (an overflow is recovered by one retry; see
+    # tests/test_providers.py).
     400: {
-        "message": "This model's maximum context length is 128000 tokens. However, your "
-        "messages resulted in 131072 tokens. Please reduce the length of the messages.",
+        "message": "Invalid type for 'temperature': expected a decimal, but got a string instead.",
         "type": "invalid_request_error",
-        "param": "messages",
-        "code": "context_length_exceeded",
+        "param": "temperature",
+        "code": "invalid_type",
     },
     401: {
         "message": "Incorrect API key provided: sk-test. You can find your API key at "
