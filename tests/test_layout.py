@@ -30,6 +30,9 @@ BEING_SPLIT = {
     "bench/runner.py",  # replay runner (shared by recall and strategy work)
     "history.py",  # input validation work (issue 9.3 applies)
     "testing.py",  # may become a package (issue 9.3)
+    "store.py",  # Chroma + keyword index (hybrid recall); issue 9.3 still applies
+    "strategies/compose.py",  # composer + block truncation policy; issue 9.3 still applies
+    "strategies/recall.py",  # hybrid recall; issue 9.3 still applies
 }
 
 # What a plain `import convmem` must leave out: the benchmark and what only it (or an extra) needs.

@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConvmemError, UsageError
+from convmem import ConvmemError, UsageError
+
 from .options import parse_counts
 
 DEFAULT_TURNS: tuple[int, ...] = (10_000, 100_000)
@@ -168,13 +169,13 @@ def _chunks(n: int, size: int) -> Iterator[range]:
 
 
 def _texts(n: int, seed: int) -> list[str]:
-    from .speed import make_history
+    from convmem.bench.synth import make_history
 
     return [m["content"] for m in make_history(2 * max(1, min(n, 2_000)), seed=seed)]
 
 
 def _fill(store: Any, cid: str, turns: int, texts: Sequence[str], rng: Any, dim: int) -> int:
-    from ..store import StoredTurn
+    from convmem.store import StoredTurn
 
     stored = 0
     for chunk in _chunks(turns, 2_000):
@@ -200,10 +201,8 @@ def run_size(
     """Stores ``turns`` turns (and the other conversations) and times recall queries."""
     import numpy as np
 
-    from ..history import History
-    from ..strategies import Pipeline, Truncate, VectorRecall
-    from ..strategy import Budget, ContextRequest, LocalJob
-    from ..tokens import TiktokenCounter
+    from convmem import Budget, ContextRequest, History, LocalJob, TiktokenCounter
+    from convmem.strategies import Pipeline, Truncate, VectorRecall
 
     result = RecallSize(turns, other_conversations, other_turns)
     rng = np.random.default_rng(seed)
@@ -229,14 +228,14 @@ def run_size(
             )
         counter = TiktokenCounter(encoding="cl100k_base")
         strategy = Pipeline(recall, Truncate(max_tokens=4_000))
-        recall._checked.add("bench-target")  # filled directly above: nothing to repair
+        recall.mark_complete("bench-target")  # filled directly above: nothing to repair
         total: list[float] = []
         embed: list[float] = []
         dense: list[float] = []
         keyword: list[float] = []
         build: list[float] = []
-        from ..lexical import query_terms
-        from ..strategies.recall import COMMON_TERM_SHARE
+        from convmem.lexical import query_terms
+        from convmem.strategies.recall import COMMON_TERM_SHARE
 
         for i in range(queries + 3):
             question = QUERIES[i % len(QUERIES)]
@@ -328,7 +327,7 @@ def run_recall(
         "load_average_start": _load(),
     }
     try:
-        from ..embed import resolve_embedder
+        from convmem.embed import resolve_embedder
 
         embedder = resolve_embedder(None, batch_size=embed_batch)
         embedder(["warm up"])

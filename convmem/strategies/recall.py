@@ -450,6 +450,11 @@ class VectorRecall:
 
         return [LocalJob(f"{self.job_key}:store", store_turns)]
 
+    def mark_complete(self, conversation_id: str) -> None:
+        """Says the store already holds every message of this conversation (e.g. it was filled
+        in bulk), so its first call does not look for missing ones."""
+        self._checked.add(conversation_id)
+
     def missing(self, conversation_id: str, history: History) -> list[tuple[int, int]]:
         """The ``(turn_id, part)`` units the store should hold for this history but does not.
 
