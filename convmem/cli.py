@@ -1,4 +1,4 @@
-"""The ``convmem`` command: benchmarks and an offline demo.
+"""The ``convmem`` command: a terminal chat, saved conversations, benchmarks and an offline demo.
 
 ::
 
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="convmem: memory for the stateless chat-completions API. "
-        "Benchmarks and a demo.",
+        "A terminal chat with memory, saved conversations, benchmarks and a demo.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
