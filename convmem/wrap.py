@@ -316,14 +316,6 @@ def _new(memory: _Memory, cid: str, model: str, plain: Any, system: Any) -> Any:
         return conv
 
 
-def _split_params(params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    for key in ("n",):
-        if key in params and params[key] is None:
-            params.pop(key)
-    tools = params.pop("tools", None)
-    return tools, params
-
-
 # -- the sync client ------------------------------------------------------------------------
 
 
@@ -412,29 +404,25 @@ class _MemoryChat(Chat):
 
 
 class _MemoryCompletions(Completions):
-    def create(self, *, messages: Any, model: Any, stream: Any = False, **params: Any) -> Any:
+    def _prepare(self, messages: Any, model: Any, params: dict[str, Any]) -> tuple[Any, Any, Any]:
         client: Any = self._client
         plan = _route(client, client._convmem, model, messages)
-        conv = plan.conv
-        tools, params = _split_params(params)
+        tools = params.pop("tools", None)
         if plan.prefix:
-            conv.extend(plan.prefix)
-        call = conv._begin(plan.user, tools, None, None, params)
-        plain = client._convmem_plain.chat.completions
+            plan.conv.extend(plan.prefix)
+        call = plan.conv._begin(plan.user, tools, None, None, params)
+        return plan.conv, call, client._convmem_plain.chat.completions
+
+    def create(self, *, messages: Any, model: Any, stream: Any = False, **params: Any) -> Any:
+        conv, call, plain = self._prepare(messages, model, params)
         if not stream:
             return conv._run(call, plain.create)
         call.raw = True
         return _SyncStream(conv._stream(call, plain.create), "stream_options" in params)
 
     def parse(self, *, messages: Any, model: Any, **params: Any) -> Any:
-        client: Any = self._client
-        plan = _route(client, client._convmem, model, messages)
-        conv = plan.conv
-        tools, params = _split_params(params)
-        if plan.prefix:
-            conv.extend(plan.prefix)
-        call = conv._begin(plan.user, tools, None, None, params)
-        return conv._run(call, client._convmem_plain.chat.completions.parse)
+        conv, call, plain = self._prepare(messages, model, params)
+        return conv._run(call, plain.parse)
 
 
 class _SyncStream(openai.Stream[Any]):
@@ -493,29 +481,27 @@ class _AsyncMemoryChat(AsyncChat):
 
 
 class _AsyncMemoryCompletions(AsyncCompletions):
-    async def create(self, *, messages: Any, model: Any, stream: Any = False, **params: Any) -> Any:
+    async def _prepare(
+        self, messages: Any, model: Any, params: dict[str, Any]
+    ) -> tuple[Any, Any, Any]:
         client: Any = self._client
         plan = _route(client, client._convmem, model, messages)
-        conv = plan.conv
-        tools, params = _split_params(params)
+        tools = params.pop("tools", None)
         if plan.prefix:
-            await conv.extend(plan.prefix)
-        call = conv._begin(plan.user, tools, None, None, params)
-        plain = client._convmem_plain.chat.completions
+            await plan.conv.extend(plan.prefix)
+        call = plan.conv._begin(plan.user, tools, None, None, params)
+        return plan.conv, call, client._convmem_plain.chat.completions
+
+    async def create(self, *, messages: Any, model: Any, stream: Any = False, **params: Any) -> Any:
+        conv, call, plain = await self._prepare(messages, model, params)
         if not stream:
             return await conv._run(call, plain.create)
         call.raw = True
         return _AsyncStream(conv._stream(call, plain.create), "stream_options" in params)
 
     async def parse(self, *, messages: Any, model: Any, **params: Any) -> Any:
-        client: Any = self._client
-        plan = _route(client, client._convmem, model, messages)
-        conv = plan.conv
-        tools, params = _split_params(params)
-        if plan.prefix:
-            await conv.extend(plan.prefix)
-        call = conv._begin(plan.user, tools, None, None, params)
-        return await conv._run(call, client._convmem_plain.chat.completions.parse)
+        conv, call, plain = await self._prepare(messages, model, params)
+        return await conv._run(call, plain.parse)
 
 
 class _AsyncStream(openai.AsyncStream[Any]):
