@@ -2,9 +2,9 @@
 
 Prices are US dollars per million tokens: input, cached input (a prompt prefix the provider
 served from its cache) and output, as the providers list them for standard (not batch, not
-priority) processing on the date in :data:`PRICES_AS_OF`. Prices change: pass your own with
-``prices={...}`` wherever a price is looked up (``Conversation(..., prices=...)``, the chat
-command's ``--price``), or call :func:`set_price`. A model with no price here has none:
+priority) processing on the date in :data:`PRICES_AS_OF`. Prices change: correct them for the
+process with :func:`set_price` (conversations, ``conv.usage.cost`` and ``convmem chat`` use it),
+or pass ``prices={...}`` to :func:`price_for` and :func:`cost`. A model with no price here has none:
 :func:`cost` returns ``None`` rather than a guess, and so does everything built on it. A local
 server (llama.cpp, Ollama, vLLM on your machine) costs what you say it costs:
 ``set_price("SmolLM2-135M-Instruct", 0, 0, 0)``.
