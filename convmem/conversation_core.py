@@ -177,6 +177,9 @@ class _Core(_Background, _ServerFacts):
         self.usage = Usage()
         #: The messages of the last request sent, to measure the prefix the next one shares.
         self._last_sent: list[Message] = []
+        #: Running token totals of ``_last_sent`` (entry i: messages 0..i), so a shared prefix
+        #: is never counted again.
+        self._last_sent_totals: list[int] = []
         self.last_plan: ContextPlan | None = None
         self.last_completion: ChatCompletion | None = None
         self.last_ttft: float | None = None
@@ -419,9 +422,15 @@ class _Core(_Background, _ServerFacts):
             if old != new:
                 break
             same += 1
+        totals = self._last_sent_totals[:same]
+        running = totals[-1] if totals else 0
+        for m in messages[same:]:  # only what is new since the previous request is counted
+            running += self.counter.count_message(m)
+            totals.append(running)
         plan.shared_prefix_messages = same
-        plan.shared_prefix_tokens = sum(self.counter.count_message(m) for m in messages[:same])
+        plan.shared_prefix_tokens = totals[same - 1] if same else 0
         self._last_sent = messages
+        self._last_sent_totals = totals
 
     def _failed(self, call: _Call, exc: BaseException) -> None:
         """Records a failed call: nothing was committed; ``last_plan`` is its last plan (the
