@@ -1,6 +1,6 @@
 """Benchmark report output: a plain-text table, Markdown, JSON, CSV and a PNG plot.
 
-All functions take a :class:`~convmem.bench.runner.BenchReport`. :func:`write_report` writes
+All functions take a :class:`~convmem.bench.results.BenchReport`. :func:`write_report` writes
 ``<name>.json``, ``<name>.csv``, ``<name>.md`` and ``<name>.png`` into a directory.
 matplotlib is imported only by :func:`write_plot` (Agg backend, no display needed).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from convmem import MissingExtraError
-from convmem.bench.runner import BenchReport, RowResult, savings
+from convmem.bench.results import BenchReport, RowResult, savings
 
 _SHORT_CATEGORY = {
     "multi-hop": "multi-hop",

