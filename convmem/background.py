@@ -26,6 +26,10 @@ from .workers import POOL
 
 #: How often a background job that failed (storing a turn for recall) is tried in all.
 MEMORY_ATTEMPTS = 5
+#: How many summaries a background summary job (``background_summary=True``) makes in a row at
+#: most: another one when the next call would still find one due (a summariser whose window
+#: takes only part of the turns to cover at a time).
+BACKGROUND_SUMMARY_ROUNDS = 3
 #: Seconds before the first retry of a failed background job; doubled after each failure.
 MEMORY_RETRY_SECONDS = 1.0
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import openai
 from openai.types.chat import ChatCompletion
 
-from .background import JobResult, _run_local, _timed_out
+from .background import BACKGROUND_SUMMARY_ROUNDS, JobResult, _run_local, _timed_out
 from .conversation_core import (
     DEFAULT_JOB_TIMEOUT,
     DEFAULT_MAX_TOOL_ROUNDS,
@@ -61,13 +61,19 @@ class AsyncConversation(_Core):
             wait for it. The next call waits only if it starts before the summary is done; a
             summariser that fails leaves the history untouched (``last_background_error``) and
             the next call summarises as without the option.
+        warm: Start :meth:`warm` now, as a task on the running event loop (a constructor
+            cannot await). It holds the conversation like a call: the first call waits for
+            it, ``await conv.drain()`` waits for it, and a failure is kept in
+            :attr:`last_background_error` (the first call then loads and reports it). Needs a
+            running loop: outside one, use ``await conv.warm()`` inside your coroutine.
         model, system, strategy, context_window, ...: The same as :class:`Conversation`.
             A window neither the caller nor the table knows is asked from the server at the
             first call (a constructor cannot await), so an unknown model on a server that
             cannot tell raises ``UnknownModelError`` there, before any chat request.
 
     Raises:
-        UsageError: ``client`` is a blocking ``openai.OpenAI`` (use :class:`Conversation`).
+        UsageError: ``client`` is a blocking ``openai.OpenAI`` (use :class:`Conversation`);
+            ``warm=True`` with no running event loop.
     """
 
     _load_on_init = False  # a stored conversation loads off the event loop, at first use
@@ -93,11 +99,18 @@ class AsyncConversation(_Core):
         on_conflict: str = "append",
         save_plan: bool = False,
         background_summary: bool = False,
+        warm: bool = False,
     ) -> None:
         if isinstance(client, openai.OpenAI):
             raise UsageError(
                 "AsyncConversation needs an openai.AsyncOpenAI client, got a blocking OpenAI: "
                 "use Conversation(client, ...) with a blocking client"
+            )
+        if warm and not _loop_running():
+            raise UsageError(
+                "AsyncConversation(warm=True) starts the warm-up on the running event loop, "
+                "and no loop is running here: create the conversation inside a coroutine, or "
+                "call `await conv.warm()` there"
             )
         super().__init__(
             client,
@@ -119,6 +132,16 @@ class AsyncConversation(_Core):
         )
         self.background_summary = background_summary
         self._tasks: set[asyncio.Task[Any]] = set()
+        if warm:
+            # The warm-up holds the conversation from now on (the gate is free in a new
+            # conversation), so the first call waits for it instead of racing it.
+            claim = _Claim("warm", object())
+            self._gate.holder = claim
+            task = asyncio.ensure_future(self._warm_in_background(claim))
+            # Also when the loop ends before the task ran: the conversation is never left held.
+            task.add_done_callback(lambda _: self._gate.release(claim))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     # -- holding the conversation -------------------------------------------------------------
     async def _acquire(self, kind: str) -> _Claim:
@@ -282,6 +305,18 @@ class AsyncConversation(_Core):
             await asyncio.to_thread(self._warm_parts)
         return self
 
+    async def _warm_in_background(self, claim: _Claim) -> None:
+        """``warm=True``: :meth:`warm` as a task holding the conversation (handed over by the
+        constructor); a failure is kept, and the first call loads (and reports) it itself."""
+        try:
+            if not self.closed:
+                await self._sync_store()
+                await asyncio.to_thread(self._warm_parts)
+        except Exception as exc:
+            self.last_background_error = exc
+        finally:
+            self._gate.release(claim)
+
     # -- calls --------------------------------------------------------------------------------
     async def preview(self, message: Any = None, **params: Any) -> ContextPlan:
         """The plan a call would send, without calling the model (see ``Conversation.preview``)."""
@@ -404,10 +439,13 @@ class AsyncConversation(_Core):
             if self.closed:
                 return
             await self._sync_store()
-            request, jobs = self._next_request()
-            if jobs:
+            for _ in range(BACKGROUND_SUMMARY_ROUNDS):  # until the next call finds none due
+                request, jobs = self._next_request()
+                if not jobs:
+                    break
                 await self._run_jobs(request, jobs)
-                self._keep_prepared(request)
+                if self._keep_prepared(request) is None:
+                    break
         except Exception as exc:
             self._summary_failed(exc)
         finally:
@@ -562,3 +600,11 @@ async def _aclose_quietly(response: Any) -> None:
             result = close()
             if inspect.isawaitable(result):
                 await result
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

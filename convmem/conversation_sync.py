@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import openai
 from openai.types.chat import ChatCompletion
 
-from .background import JobResult, _run_local, _timed_out
+from .background import BACKGROUND_SUMMARY_ROUNDS, JobResult, _run_local, _timed_out
 from .conversation_core import (
     DEFAULT_JOB_TIMEOUT,
     DEFAULT_MAX_TOOL_ROUNDS,
@@ -329,10 +329,13 @@ class Conversation(_Core):
                 return
             if self._link is not None:
                 self._link.catch_up(self, self._link.fetch())
-            request, jobs = self._next_request()
-            if jobs:
+            for _ in range(BACKGROUND_SUMMARY_ROUNDS):  # until the next call finds none due
+                request, jobs = self._next_request()
+                if not jobs:
+                    break
                 self._run_jobs(request, jobs)
-                self._keep_prepared(request)
+                if self._keep_prepared(request) is None:
+                    break
         except Exception as exc:
             self._summary_failed(exc)
         finally:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import io
+import random
+import threading
 import uuid
 from typing import Any
 
 import httpx2
 import pytest
 
-from convmem import AsyncConversation, Conversation
+from convmem import AsyncConversation, Conversation, UsageError
 from convmem.strategies import Pipeline, RollingSummary, Truncate, VectorRecall
 from convmem.testing import FakeChatServer
 
@@ -86,12 +88,10 @@ def test_sync_background_summary_is_made_after_a_reply_and_used_next() -> None:
     server, kinds = chat_server()
     conv, plans = run_sync(server, 30, background_summary=True)
     assert conv.history.summaries
-    # Once summaries are steady, no call waits for a summariser: each is made between calls.
-    # (A call whose own new message crosses the threshold still summarises in its path: the
-    # summary made after the previous reply could not know that message.)
-    assert all(p is not None and not p.summary_calls for p in plans[-10:])
-    in_calls = sum(len(p.summary_calls) for p in plans if p is not None)
-    assert conv.usage.summary_calls == kinds.count("summary") >= 3 * in_calls
+    # No call waits for a summariser, not even the first to cross the trigger: each summary
+    # is made between calls (planned with the lookahead for the next exchange).
+    assert all(p is not None and not p.summary_calls for p in plans)
+    assert conv.usage.summary_calls == kinds.count("summary") >= 3
     # The request after each summariser call carries that summary.
     for i, kind in enumerate(kinds):
         if kind == "summary" and i + 1 < len(kinds):
@@ -125,6 +125,30 @@ def test_next_call_waits_for_a_running_background_summary() -> None:
     ]
 
 
+def background_failing_server() -> tuple[FakeChatServer, list[str]]:
+    """Like :func:`chat_server`, but every summariser call made off the calling thread (the
+    background job, in the shared pool) gets a 500; the calls' own summariser calls succeed."""
+    server = FakeChatServer()
+    kinds: list[str] = []
+    main = threading.main_thread()
+
+    def reply(body: dict[str, Any]) -> Any:
+        if SUMMARISER in body["messages"][0]["content"]:
+            if threading.current_thread() is not main:
+                kinds.append("failed background summary")
+                return httpx2.Response(500, json=SERVER_ERROR)
+            kinds.append("summary")
+            return {
+                "content": "- facts from the turns",
+                "usage": {"prompt_tokens": 300, "completion_tokens": 12, "total_tokens": 312},
+            }
+        kinds.append("chat")
+        return "ok " * 10
+
+    server.respond_with(reply, times=400)
+    return server, kinds
+
+
 def test_failed_background_summary_leaves_history_and_next_call_falls_back() -> None:
     server, kinds = chat_server(fail_summaries=1)
     conv = Conversation(server.client(), **options(background_summary=True))
@@ -139,12 +163,48 @@ def test_failed_background_summary_leaves_history_and_next_call_falls_back() -> 
     # The background summary failed: the history is exactly what the call committed.
     assert conv.to_dict() == after_call and not conv.history.summaries
     assert len(after_call["turns"]) == len(before["turns"]) + 1
-    # The next call makes the summary itself, as without the option.
+    # The next background job (after the next reply) tries again; no turn was lost meanwhile.
     conv.send("one more " + "blah " * 20)
-    plan = conv.last_plan
-    assert plan is not None and plan.summary_calls
+    conv.drain()
     assert conv.history.summaries
     assert kinds.count("summary") >= 2
+
+
+def test_background_summarising_always_failing_falls_back_to_the_calls_path() -> None:
+    """A background summariser that never succeeds: the call that needs the summary makes it
+    in its own path, as without the option, and no turn is dropped unsummarised."""
+    server, kinds = background_failing_server()
+    conv = Conversation(
+        server.client(),
+        **options(background_summary=True, strategy=Pipeline(RollingSummary(), Truncate())),
+    )
+    in_path = 0
+    for i in range(40):
+        conv.send(f"message {i} " + "blah " * 20)
+        plan = conv.last_plan
+        assert plan is not None and plan.not_summarised == [], plan
+        in_path += sum(c.ok for c in plan.summary_calls)
+        conv.drain()
+    assert "failed background summary" in kinds
+    assert in_path >= 2 and conv.history.summaries
+    assert len(conv.history.summaries) == in_path
+
+
+def test_background_and_foreground_failing_say_dropped_not_summarised() -> None:
+    server, kinds = chat_server(fail_summaries=10_000)
+    conv = Conversation(
+        server.client(),
+        **options(background_summary=True, strategy=Pipeline(RollingSummary(), Truncate())),
+    )
+    for i in range(40):
+        conv.send(f"message {i} " + "blah " * 20)
+        conv.drain()
+    plan = conv.last_plan
+    assert plan is not None and plan.not_summarised, plan
+    (note,) = plan.notes_of("not_summarised")
+    assert "summariser failed" in note.data["reason"]
+    assert "InternalServerError" in note.data["reason"]
+    assert not conv.history.summaries and "chat" in kinds
 
 
 def test_background_summary_parity_sync_async() -> None:
@@ -207,11 +267,59 @@ def test_warm_loads_embedder_and_collection_once() -> None:
 
 
 @pytest.mark.recall
-def test_warm_on_construction() -> None:
+def test_warm_on_construction_sync_async_parity() -> None:
+    """``warm=True`` on both classes: sync warms in the constructor; async starts the warm-up
+    as a task on the running loop (a constructor cannot await) that the first call waits for."""
     recall, calls = counting_recall()
     server = FakeChatServer()
-    Conversation(server.client(), model="m", context_window=8000, strategy=recall, warm=True)
-    assert calls == [1]
+    server.reply("ok").reply("ok")
+    conv = Conversation(server.client(), model="m", context_window=8000, strategy=recall, warm=True)
+    assert calls == [1] and conv._warm()
+    conv.send("hi")
+    conv.close()
+
+    async def main() -> list[int]:
+        recall2, calls2 = counting_recall()
+        aconv = AsyncConversation(
+            server.async_client(), model="m", context_window=8000, strategy=recall2, warm=True
+        )
+        assert calls2 == []  # started, not yet run: the constructor did not block the loop
+        await aconv.send("hi")  # waits at the gate for the warm-up task
+        assert calls2[0] == 1 and aconv._warm() and aconv.last_background_error is None
+        await aconv.aclose()
+        return calls2
+
+    calls2 = asyncio.run(main())
+    # The same embedder calls in both: the warm-up's, then the ones of the call.
+    assert calls2 == calls
+    server.assert_all_used()
+
+
+def test_async_warm_needs_a_running_loop() -> None:
+    server = FakeChatServer()
+    with pytest.raises(UsageError, match=r"no loop is running.*await conv\.warm\(\)"):
+        AsyncConversation(server.async_client(), model="m", context_window=8000, warm=True)
+
+
+def test_async_warm_failure_is_kept_and_the_first_call_goes_on() -> None:
+    class Boom:
+        def build(self, request: Any) -> Any:
+            return Truncate().build(request)
+
+        def warm(self) -> None:
+            raise RuntimeError("embedding model missing")
+
+    async def main() -> None:
+        server = FakeChatServer().reply("ok")
+        aconv = AsyncConversation(
+            server.async_client(), model="m", context_window=8000, strategy=Boom(), warm=True
+        )
+        await aconv.drain()
+        assert isinstance(aconv.last_background_error, RuntimeError)
+        await aconv.send("hi")
+        await aconv.aclose()
+
+    asyncio.run(main())
 
 
 @pytest.mark.recall
@@ -235,3 +343,74 @@ def test_latency_bench_plumbing() -> None:
     row = result.row()
     assert row["turns"] == 3 and row["p50_s"] is not None
     assert out.getvalue().count("turn") == 3
+
+
+def sixty_turn_replies() -> Any:
+    """Scripted replies of varying length (a steady conversation); summariser calls get a
+    fact list. Counts the summariser calls by the thread that made them."""
+    rng = random.Random(14)
+    main = threading.main_thread()
+    counts = {"in a call": 0, "background": 0}
+
+    def reply(body: dict[str, Any]) -> Any:
+        if SUMMARISER in body["messages"][0]["content"]:
+            where = "in a call" if threading.current_thread() is main else "background"
+            counts[where] += 1
+            return {
+                "content": "- the user plans trips; budgets and foods noted",
+                "usage": {"prompt_tokens": 900, "completion_tokens": 20, "total_tokens": 920},
+            }
+        return " ".join(rng.choice(["Pack", "light", "layers", "and", "walk"]) for _ in range(40))
+
+    return reply, counts
+
+
+def sixty_turn_pipeline(kind: str) -> Any:
+    if kind == "summary+truncate":
+        return Pipeline(RollingSummary(), Truncate())
+    recall, _ = counting_recall()
+    return Pipeline(RollingSummary(), recall, Truncate())
+
+
+def run_sixty(kind: str, *, background: bool) -> tuple[list[Any], dict[str, int], Conversation]:
+    from convmem.bench.latency import messages
+
+    reply, counts = sixty_turn_replies()
+    server = FakeChatServer()
+    server.respond_with(reply, times=400)
+    conv = Conversation(
+        server.client(),
+        model="m",
+        context_window=2048,
+        strategy=sixty_turn_pipeline(kind),
+        background_summary=background,
+    )
+    plans = []
+    for i, text in enumerate(messages(60)):  # the latency benchmark's conversation, with
+        text += " Also:" + " and some more details" * (i * 7 % 5 * 3)  # messages of mixed length
+        conv.send(text, max_tokens=48)
+        plans.append(conv.last_plan)
+        conv.drain()  # the pause while the user reads and types
+    conv.close()
+    return plans, counts, conv
+
+
+@pytest.mark.parametrize(
+    "kind", ["summary+truncate", pytest.param("summary+recall+truncate", marks=pytest.mark.recall)]
+)
+def test_sixty_turns_no_summariser_call_in_any_blocking_path(kind: str) -> None:
+    """With a background summary and a pause between turns, no call waits for a summariser,
+    the one whose message first crosses the 70% trigger included; no turn falls through."""
+    blocking, blocking_counts, _ = run_sixty(kind, background=False)
+    crossing = next(i for i, p in enumerate(blocking) if p.summary_calls)
+    assert blocking_counts["in a call"] >= 3 and blocking_counts["background"] == 0
+
+    plans, counts, conv = run_sixty(kind, background=True)
+    assert [i for i, p in enumerate(plans) if p.summary_calls] == []
+    assert not plans[crossing].summary_calls  # the crossing turn found its summary made
+    assert counts == {"in a call": 0, "background": counts["background"]}
+    assert counts["background"] >= 3 and len(conv.history.summaries) == counts["background"]
+    for i, plan in enumerate(plans):
+        assert plan.not_summarised == [], plan
+        covered = set(plan.summarised) | set(plan.kept) | set(plan.recalled)
+        assert covered >= set(range(i)), plan  # every earlier turn sent or summarised

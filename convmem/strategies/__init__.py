@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .compose import DEFAULT_CACHE_POLICY, BlockTruncation, Composition, RecentTurns
 from .custom import Selection
 from .pipeline import Pipeline
-from .summary import RollingSummary, default_should_summarize
+from .summary import RollingSummary, default_lookahead, default_should_summarize
 from .truncate import Truncate
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ __all__ = [
     "Selection",
     "Truncate",
     "VectorRecall",
+    "default_lookahead",
     "default_should_summarize",
 ]
 
