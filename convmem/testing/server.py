@@ -1,180 +1,54 @@
-"""A scripted fake of the OpenAI chat-completions API, for testing chat loops offline.
+"""The fake chat-completions server: a queue of scripted replies answered at the HTTP transport.
 
-:class:`FakeChatServer` answers at the HTTP transport (an ``httpx2.MockTransport``), so the real
-``openai`` SDK builds the request, parses the reply, decodes the stream and raises its own
-exceptions exactly as it would against a real server. Queue the replies a test expects, run the
-code under test, then assert on the exact request bodies it sent::
-
-    import openai
-    from convmem.testing import FakeChatServer
-
-    def ask(client: openai.OpenAI, history: list[dict], text: str) -> str:
-        history.append({"role": "user", "content": text})
-        reply = client.chat.completions.create(model="gpt-4o-mini", messages=history)
-        answer = reply.choices[0].message.content or ""
-        history.append({"role": "assistant", "content": answer})
-        return answer
-
-    def test_my_loop_remembers() -> None:
-        server = FakeChatServer().reply("Hi Ada!").reply("Your name is Ada.")
-        client = server.client()
-        history: list[dict] = []
-        ask(client, history, "I am Ada")
-        assert ask(client, history, "Who am I?") == "Your name is Ada."
-        assert server.messages(-1)[0] == {"role": "user", "content": "I am Ada"}
-        server.assert_all_used()
-
-One queued item answers one HTTP request, first in first out. A request that finds the queue
-empty gets HTTP 500 (``openai.InternalServerError``) saying ``FakeChatServer: no reply queued``,
-so a test that makes one call too many fails loudly. Clients are built with ``max_retries=0``
-so each SDK call is exactly one request.
+:class:`FakeChatServer` records every request, checks it as the real API would
+(:mod:`~convmem.testing.refusals`), takes the next queued item (:mod:`~convmem.testing.specs`)
+and renders it as JSON or SSE (:mod:`~convmem.testing.wire`). See :mod:`convmem.testing` for an
+example.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeAlias
+from typing import Any
 
 import anyio
 import httpx2
 import openai
 
-from .errors import UsageError
-
-__all__ = [
-    "CREATED",
-    "ChoiceSpec",
-    "FakeChatServer",
-    "ToolCallSpec",
-    "estimate_tokens",
-]
-
-#: The ``created`` timestamp of every fake response (fixed, so outputs are deterministic).
-CREATED = 1_700_000_000
+from ..errors import UsageError
+from .refusals import check_request
+from .specs import (
+    Choice,
+    ChoiceSpec,
+    Dynamic,
+    ErrorReply,
+    Item,
+    Raise,
+    Reply,
+    ToolCall,
+    ToolCallLike,
+    ToolCallSpec,
+    UsageSpec,
+)
+from .wire import (
+    CREATED,
+    EventStream,
+    error_body,
+    error_response,
+    json_body,
+    message_choice,
+    n_content_events,
+    sse,
+    sse_events,
+    usage_of,
+)
 
 _CHAT_PATH = "/chat/completions"
-
-UsageSpec: TypeAlias = "Mapping[str, Any] | Literal[False] | None"
-ToolCallLike: TypeAlias = "ToolCallSpec | Mapping[str, Any]"
-
-
-def estimate_tokens(text: str) -> int:
-    """The fake server's deterministic token estimate for a piece of text: ``len(text) // 4``.
-
-    It is not a tokenizer: it only makes default ``usage`` numbers predictable in tests.
-    """
-    return len(text) // 4
-
-
-@dataclass(frozen=True)
-class ToolCallSpec:
-    """A tool call the fake model makes.
-
-    Args:
-        name: The function name.
-        arguments: The JSON arguments, as a string (sent verbatim, so it may be malformed on
-            purpose) or a dict (sent as ``json.dumps(arguments)``).
-        id: The tool call id; when omitted the server assigns ``call_1``, ``call_2``, ... in the
-            order tool calls are queued (for :meth:`FakeChatServer.respond_with`, rendered).
-    """
-
-    name: str
-    arguments: str | Mapping[str, Any]
-    id: str | None = None
-
-
-@dataclass(frozen=True)
-class ChoiceSpec:
-    """One choice of a multi-choice reply (a request with ``n > 1``).
-
-    Args:
-        content: The message text; ``None`` sends ``content: null``.
-        reasoning: Text sent as ``reasoning_content`` (as DashScope/Qwen and vLLM do).
-        tool_calls: Tool calls, as :class:`ToolCallSpec` or dicts (see
-            :meth:`FakeChatServer.reply`).
-        finish_reason: Defaults to ``"tool_calls"`` when there are tool calls, else ``"stop"``.
-    """
-
-    content: str | None = ""
-    reasoning: str | None = None
-    tool_calls: Sequence[ToolCallLike] | None = None
-    finish_reason: str | None = None
-
-
-# --- queued items -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _ToolCall:
-    id: str
-    name: str
-    arguments: str
-
-
-@dataclass(frozen=True)
-class _Choice:
-    content: str | None
-    reasoning: str | None
-    tool_calls: tuple[_ToolCall, ...]
-    finish_reason: str
-
-
-@dataclass(frozen=True)
-class _Reply:
-    choices: tuple[_Choice, ...]
-    usage: UsageSpec
-    chunk_size: int
-    status: int
-    delay: float
-    # For cut_stream: how many SSE events to send before the body stops, and how it stops.
-    cut_after: int | None = None
-    cut_error: bool = True
-
-    def describe(self) -> str:
-        first = self.choices[0]
-        text = first.content if first.content is not None else ""
-        what = "cut_stream" if self.cut_after is not None else "reply"
-        parts = [repr(text[:40] + ("..." if len(text) > 40 else ""))]
-        if first.tool_calls:
-            parts.append("tool_calls=" + ",".join(tc.name for tc in first.tool_calls))
-        if len(self.choices) > 1:
-            parts.append(f"choices={len(self.choices)}")
-        return f"{what}({', '.join(parts)})"
-
-
-@dataclass(frozen=True)
-class _Error:
-    status: int
-    body: dict[str, Any]
-    headers: Mapping[str, str]
-
-    def describe(self) -> str:
-        return f"error({self.status}, {self.body['error']['message']!r})"
-
-
-@dataclass(frozen=True)
-class _Raise:
-    kind: Literal["timeout", "disconnect"]
-
-    def describe(self) -> str:
-        return f"{self.kind}()"
-
-
-@dataclass(frozen=True)
-class _Dynamic:
-    fn: Callable[[dict[str, Any]], Any]
-
-    def describe(self) -> str:
-        return f"respond_with({getattr(self.fn, '__name__', repr(self.fn))})"
-
-
-_Item: TypeAlias = "_Reply | _Error | _Raise | _Dynamic"
 
 
 # --- the server -------------------------------------------------------------------------------
@@ -223,7 +97,7 @@ class FakeChatServer:
         self.validate = validate
         self.requests: list[dict[str, Any]] = []
         self.other_requests: list[dict[str, Any]] = []
-        self._queue: deque[_Item] = deque()
+        self._queue: deque[Item] = deque()
         self._lock = threading.Lock()
         self._counters = _Counters()
 
@@ -359,7 +233,7 @@ class FakeChatServer:
         Returns:
             The server, so calls chain.
         """
-        body = _error_body(
+        body = error_body(
             message or f"FakeChatServer: scripted HTTP {status} error",
             status=status,
             code=code,
@@ -367,7 +241,7 @@ class FakeChatServer:
             param=param,
         )
         with self._lock:
-            self._queue.append(_Error(status, body, dict(headers or {})))
+            self._queue.append(ErrorReply(status, body, dict(headers or {})))
         return self
 
     def timeout(self) -> FakeChatServer:
@@ -379,7 +253,7 @@ class FakeChatServer:
             The server, so calls chain.
         """
         with self._lock:
-            self._queue.append(_Raise("timeout"))
+            self._queue.append(Raise("timeout"))
         return self
 
     def disconnect(self) -> FakeChatServer:
@@ -391,7 +265,7 @@ class FakeChatServer:
             The server, so calls chain.
         """
         with self._lock:
-            self._queue.append(_Raise("disconnect"))
+            self._queue.append(Raise("disconnect"))
         return self
 
     def cut_stream(
@@ -450,7 +324,7 @@ class FakeChatServer:
         if times < 1:
             raise UsageError("times must be >= 1")
         with self._lock:
-            self._queue.extend(_Dynamic(fn) for _ in range(times))
+            self._queue.extend(Dynamic(fn) for _ in range(times))
         return self
 
     # --- reading back -------------------------------------------------------------------------
@@ -562,7 +436,7 @@ class FakeChatServer:
         chunk_size: int = 4,
         status: int = 200,
         delay: float = 0.0,
-    ) -> _Reply:
+    ) -> Reply:
         # Called with the lock held: tool-call ids are numbered from a shared counter.
         if chunk_size < 1:
             raise UsageError("chunk_size must be >= 1")
@@ -576,7 +450,7 @@ class FakeChatServer:
             specs = list(choices)
         else:
             specs = [ChoiceSpec(content, reasoning, tool_calls, finish_reason)]
-        return _Reply(
+        return Reply(
             choices=tuple(self._make_choice(spec) for spec in specs),
             usage=usage,
             chunk_size=chunk_size,
@@ -584,15 +458,15 @@ class FakeChatServer:
             delay=delay,
         )
 
-    def _make_choice(self, spec: ChoiceSpec) -> _Choice:
+    def _make_choice(self, spec: ChoiceSpec) -> Choice:
         calls = tuple(self._make_tool_call(tc) for tc in spec.tool_calls or ())
         content = spec.content
         if calls and content == "":
             content = None
         finish = spec.finish_reason or ("tool_calls" if calls else "stop")
-        return _Choice(content, spec.reasoning, calls, finish)
+        return Choice(content, spec.reasoning, calls, finish)
 
-    def _make_tool_call(self, tc: ToolCallLike) -> _ToolCall:
+    def _make_tool_call(self, tc: ToolCallLike) -> ToolCall:
         if isinstance(tc, ToolCallSpec):
             name, arguments, call_id = tc.name, tc.arguments, tc.id
         else:
@@ -606,9 +480,9 @@ class FakeChatServer:
         if call_id is None:
             self._counters.tool_call += 1
             call_id = f"call_{self._counters.tool_call}"
-        return _ToolCall(str(call_id), str(name), arguments)
+        return ToolCall(str(call_id), str(name), arguments)
 
-    def _from_dynamic(self, result: Any) -> _Reply | httpx2.Response:
+    def _from_dynamic(self, result: Any) -> Reply | httpx2.Response:
         if isinstance(result, httpx2.Response):
             return result
         with self._lock:
@@ -625,13 +499,13 @@ class FakeChatServer:
 
     def _handle(self, request: httpx2.Request) -> tuple[httpx2.Response, float]:
         path = request.url.path
-        body = _json_body(request)
+        body = json_body(request)
         if request.method != "POST" or not path.endswith(_CHAT_PATH):
             with self._lock:
                 self.other_requests.append({"method": request.method, "path": path, "body": body})
-            return _error_response(
+            return error_response(
                 404,
-                _error_body(
+                error_body(
                     f"FakeChatServer: only POST .../chat/completions is faked, "
                     f"not {request.method} {path}",
                     status=404,
@@ -642,49 +516,49 @@ class FakeChatServer:
             self._counters.request += 1
             number = self._counters.request
             self.requests.append(body if isinstance(body, dict) else {"__body__": body})
-            problem = _check_request(body, messages=self.validate)
+            problem = check_request(body, messages=self.validate)
             item = None if problem else (self._queue.popleft() if self._queue else None)
         if problem:
-            return _error_response(400, _error_body(problem, status=400, param="messages")), 0.0
+            return error_response(400, error_body(problem, status=400, param="messages")), 0.0
         if item is None:
-            return _error_response(
+            return error_response(
                 500,
-                _error_body(
+                error_body(
                     f"FakeChatServer: no reply queued (request #{number} to {_CHAT_PATH})",
                     status=500,
                     code="fake_queue_empty",
                 ),
             ), 0.0
-        assert isinstance(body, dict)  # _check_request refused anything else
+        assert isinstance(body, dict)  # check_request refused anything else
 
-        if isinstance(item, _Dynamic):
+        if isinstance(item, Dynamic):
             result = self._from_dynamic(item.fn(body))
             if isinstance(result, httpx2.Response):
                 return result, 0.0
             item = result
-        if isinstance(item, _Raise):
+        if isinstance(item, Raise):
             if item.kind == "timeout":
                 raise httpx2.ReadTimeout("FakeChatServer: scripted read timeout", request=request)
             raise httpx2.ConnectError("FakeChatServer: scripted disconnect", request=request)
-        if isinstance(item, _Error):
-            return _error_response(item.status, item.body, item.headers), 0.0
+        if isinstance(item, ErrorReply):
+            return error_response(item.status, item.body, item.headers), 0.0
         return self._render(item, body), item.delay
 
-    def _render(self, item: _Reply, body: dict[str, Any]) -> httpx2.Response:
+    def _render(self, item: Reply, body: dict[str, Any]) -> httpx2.Response:
         with self._lock:
             self._counters.completion += 1
             completion_id = f"chatcmpl-fake-{self._counters.completion}"
         model = body.get("model") or self.model
-        usage = _usage(item, body)
+        usage = usage_of(item, body)
         if body.get("stream"):
             options = body.get("stream_options") or {}
             include_usage = bool(options.get("include_usage")) and usage is not None
-            events = _sse_events(item, completion_id, model, usage if include_usage else None)
+            events = sse_events(item, completion_id, model, usage if include_usage else None)
             if item.cut_after is not None:
-                events = events[: min(item.cut_after, _n_content_events(events))]
-                stream = _EventStream([_sse(e) for e in events], fail=item.cut_error)
+                events = events[: min(item.cut_after, n_content_events(events))]
+                stream = EventStream([sse(e) for e in events], fail=item.cut_error)
             else:
-                stream = _EventStream([*(_sse(e) for e in events), b"data: [DONE]\n\n"])
+                stream = EventStream([*(sse(e) for e in events), b"data: [DONE]\n\n"])
             return httpx2.Response(
                 item.status,
                 headers={"content-type": "text/event-stream; charset=utf-8"},
@@ -696,7 +570,7 @@ class FakeChatServer:
             "object": "chat.completion",
             "created": CREATED,
             "model": model,
-            "choices": [_message_choice(i, c) for i, c in enumerate(item.choices)],
+            "choices": [message_choice(i, c) for i, c in enumerate(item.choices)],
         }
         if usage is not None:
             completion["usage"] = usage
@@ -708,246 +582,11 @@ class FakeChatServer:
         return httpx2.Response(
             item.status,
             headers={"content-type": "application/json"},
-            stream=_EventStream([data[: len(data) // 2]], fail=item.cut_error),
+            stream=EventStream([data[: len(data) // 2]], fail=item.cut_error),
         )
 
 
 # --- rendering helpers ------------------------------------------------------------------------
 
 
-class _EventStream(httpx2.SyncByteStream, httpx2.AsyncByteStream):
-    """A response body sent piece by piece, optionally failing as a dropped connection."""
-
-    def __init__(self, pieces: list[bytes], *, fail: bool = False) -> None:
-        self._pieces = pieces
-        self._fail = fail
-
-    def _error(self) -> httpx2.RemoteProtocolError:
-        return httpx2.RemoteProtocolError(
-            "FakeChatServer: peer closed connection without sending complete message body "
-            "(scripted cut_stream)"
-        )
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield from self._pieces
-        if self._fail:
-            raise self._error()
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for piece in self._pieces:
-            yield piece
-        if self._fail:
-            raise self._error()
-
-
-def _json_body(request: httpx2.Request) -> Any:
-    if not request.content:
-        return {}
-    try:
-        return json.loads(request.content)
-    except ValueError:
-        return request.content.decode("utf-8", "replace")
-
-
-def _error_body(
-    message: str,
-    *,
-    status: int,
-    code: str | None = None,
-    type_: str | None = None,
-    param: str | None = None,
-) -> dict[str, Any]:
-    if type_ is None:
-        type_ = (
-            "requests"
-            if status == 429
-            else "server_error"
-            if status >= 500
-            else ("invalid_request_error")
-        )
-    return {"error": {"message": message, "type": type_, "code": code, "param": param}}
-
-
-def _error_response(
-    status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
-) -> httpx2.Response:
-    return httpx2.Response(status, json=body, headers=headers)
-
-
-def _check_request(body: Any, *, messages: bool) -> str | None:
-    """What the real API would refuse with HTTP 400, in its own words; None if fine."""
-    if not isinstance(body, dict):
-        return "FakeChatServer: the request body is not a JSON object"
-    if not messages:
-        return None
-    sent = body.get("messages")
-    if not isinstance(sent, list) or not sent:
-        return "[] is too short - 'messages'"
-    open_ids: list[str] = []
-    for i, message in enumerate(sent):
-        role = message.get("role") if isinstance(message, dict) else None
-        if role == "tool":
-            call_id = message.get("tool_call_id")
-            if call_id not in open_ids:
-                return (
-                    "Invalid parameter: messages with role 'tool' must be a response to a "
-                    f"preceeding message with 'tool_calls'. (messages[{i}], "
-                    f"tool_call_id={call_id!r})"
-                )
-            open_ids.remove(call_id)
-            continue
-        if open_ids:
-            return (
-                "An assistant message with 'tool_calls' must be followed by tool messages "
-                "responding to each 'tool_call_id'. The following tool_call_ids did not have "
-                f"response messages: {', '.join(open_ids)}"
-            )
-        if role == "assistant":
-            open_ids = [str(tc.get("id")) for tc in message.get("tool_calls") or ()]
-    if open_ids:
-        return (
-            "An assistant message with 'tool_calls' must be followed by tool messages "
-            "responding to each 'tool_call_id'. The following tool_call_ids did not have "
-            f"response messages: {', '.join(open_ids)}"
-        )
-    return None
-
-
-def _message_text(message: Any) -> str:
-    if not isinstance(message, dict):
-        return ""
-    parts: list[str] = []
-    content = message.get("content")
-    if isinstance(content, str):
-        parts.append(content)
-    elif isinstance(content, list):
-        parts.extend(
-            str(p.get("text", ""))
-            for p in content
-            if isinstance(p, dict) and p.get("type") == "text"
-        )
-    for tc in message.get("tool_calls") or ():
-        fn = tc.get("function", {}) if isinstance(tc, dict) else {}
-        parts.append(str(fn.get("name", "")) + str(fn.get("arguments", "")))
-    return "".join(parts)
-
-
-def _usage(item: _Reply, body: dict[str, Any]) -> dict[str, Any] | None:
-    if item.usage is False:
-        return None
-    messages = body.get("messages") or []
-    prompt = estimate_tokens("".join(_message_text(m) for m in messages)) + 3 * len(messages)
-    reasoning = sum(estimate_tokens(c.reasoning or "") for c in item.choices)
-    answer = sum(
-        estimate_tokens((c.content or "") + "".join(t.name + t.arguments for t in c.tool_calls))
-        for c in item.choices
-    )
-    usage: dict[str, Any] = {
-        "prompt_tokens": prompt,
-        "completion_tokens": answer + reasoning,
-        "total_tokens": prompt + answer + reasoning,
-        "prompt_tokens_details": {"cached_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": reasoning},
-    }
-    if item.usage:
-        usage.update(item.usage)
-        if "total_tokens" not in item.usage:
-            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-    return usage
-
-
-def _message_choice(index: int, choice: _Choice) -> dict[str, Any]:
-    message: dict[str, Any] = {
-        "role": "assistant",
-        "content": choice.content,
-        "refusal": None,
-        "annotations": [],
-    }
-    if choice.reasoning is not None:
-        message["reasoning_content"] = choice.reasoning
-    if choice.tool_calls:
-        message["tool_calls"] = [
-            {"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.arguments}}
-            for t in choice.tool_calls
-        ]
-    return {
-        "index": index,
-        "message": message,
-        "logprobs": None,
-        "finish_reason": choice.finish_reason,
-    }
-
-
-def _pieces(text: str, size: int) -> list[str]:
-    return [text[i : i + size] for i in range(0, len(text), size)]
-
-
-def _choice_deltas(choice: _Choice, size: int) -> list[dict[str, Any]]:
-    """One choice's deltas, without the finish chunk."""
-    deltas: list[dict[str, Any]] = [
-        {"role": "assistant", "content": None if choice.content is None else ""}
-    ]
-    deltas += [{"reasoning_content": p} for p in _pieces(choice.reasoning or "", size)]
-    deltas += [{"content": p} for p in _pieces(choice.content or "", size)]
-    for j, t in enumerate(choice.tool_calls):
-        deltas.append(
-            {
-                "tool_calls": [
-                    {
-                        "index": j,
-                        "id": t.id,
-                        "type": "function",
-                        "function": {"name": t.name, "arguments": ""},
-                    }
-                ]
-            }
-        )
-        deltas += [
-            {"tool_calls": [{"index": j, "function": {"arguments": p}}]}
-            for p in _pieces(t.arguments, size)
-        ]
-    return deltas
-
-
-def _sse_events(
-    item: _Reply, completion_id: str, model: str, usage: dict[str, Any] | None
-) -> list[dict[str, Any]]:
-    """Every chunk of a streamed reply: content chunks first, then finish and usage chunks."""
-
-    def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
-        event: dict[str, Any] = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": CREATED,
-            "model": model,
-            "choices": choices,
-        }
-        if usage is not None:
-            # The real API sends "usage": null on every chunk when include_usage is set.
-            event["usage"] = None
-        return event
-
-    per_choice = [_choice_deltas(c, item.chunk_size) for c in item.choices]
-    events = [
-        chunk([{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}])
-        for row in itertools.zip_longest(*per_choice)
-        for i, delta in enumerate(row)
-        if delta is not None
-    ]
-    events += [
-        chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": c.finish_reason}])
-        for i, c in enumerate(item.choices)
-    ]
-    if usage is not None:
-        last = chunk([])
-        last["usage"] = usage
-        events.append(last)
-    return events
-
-
-def _n_content_events(events: list[dict[str, Any]]) -> int:
-    return sum(1 for e in events if e["choices"] and e["choices"][0]["finish_reason"] is None)
-
-
-def _sse(event: dict[str, Any]) -> bytes:
-    return f"data: {json.dumps(event)}\n\n".encode()
+__all__ = ["FakeChatServer"]
