@@ -1,7 +1,10 @@
-"""The history: the full, append-only record of a conversation.
+"""The history: the full, append-only record of a conversation, and its saved (JSON) form.
 
 Strategies never edit the history; they only choose what one call sends. Summaries are derived
-records kept beside the turns, each saying which turn ids it covers.
+records kept beside the turns, each saying which turn ids it covers. The records themselves
+(:class:`Turn`, :class:`Summary`) live in :mod:`convmem.turns` and the read-only containers
+(:class:`FrozenDict`, :func:`freeze`, :func:`thaw`) in :mod:`convmem.frozen`; both are
+importable from here too. This module also reads saved histories back, trusting nothing.
 """
 
 from __future__ import annotations
@@ -12,20 +15,19 @@ import json
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidHistoryError, InvalidMessageError, ReadOnlyError, UsageError
+from .errors import InvalidHistoryError, InvalidMessageError, UsageError
+from .frozen import FrozenDict, FrozenList, freeze, thaw
 from .messages import (
     Message,
     check_sequence,
     convert_legacy_functions,
     repair_text,
     split_turns,
-    to_wire,
     validate_message,
 )
+from .turns import Summary, Turn
 
 if TYPE_CHECKING:
     from .tokens import TokenCounter
@@ -37,225 +39,6 @@ FORMAT_VERSION = 1
 MAX_TIMESTAMP = 253_402_300_799.0
 #: Largest turn id or token count accepted from a saved history.
 MAX_SAVED_INT = 2**53
-
-_READ_ONLY = (
-    "the history is append-only: this is a read-only view (conv.messages or copy.deepcopy() "
-    "give an editable copy; add messages with extend())"
-)
-
-
-def _refuse(*_args: Any, **_kwargs: Any) -> NoReturn:
-    raise ReadOnlyError(_READ_ONLY)
-
-
-class FrozenDict(dict[str, Any]):
-    """A message (or part of one) in the history: a ``dict`` that refuses changes.
-
-    It is a real ``dict`` for reading (``isinstance``, ``json.dumps``, ``==`` all work);
-    ``copy.copy``/``copy.deepcopy``/``pickle`` give plain, editable dicts.
-    """
-
-    __slots__ = ()
-    __setitem__ = __delitem__ = __ior__ = _refuse
-    clear = pop = popitem = setdefault = update = _refuse
-
-    def __copy__(self) -> dict[str, Any]:
-        return dict(self)
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
-        return thaw(self)
-
-    def __reduce__(self) -> Any:
-        return (dict, (thaw(self),))
-
-
-class FrozenList(list[Any]):
-    """A list inside a history message (content parts, tool calls) that refuses changes."""
-
-    __slots__ = ()
-    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
-    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
-
-    def __copy__(self) -> list[Any]:
-        return list(self)
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
-        return thaw(self)
-
-    def __reduce__(self) -> Any:
-        return (list, (thaw(self),))
-
-
-def freeze(value: Any) -> Any:
-    """A read-only deep copy of a JSON-shaped value (what the history stores)."""
-    kind = type(value)
-    if kind is str or kind is FrozenDict or kind is FrozenList:
-        return value
-    if isinstance(value, Mapping):
-        return FrozenDict({k: freeze(v) for k, v in value.items()})
-    if isinstance(value, list):
-        return FrozenList([freeze(v) for v in value])
-    return value
-
-
-def thaw(value: Any) -> Any:
-    """A plain, editable deep copy of a (possibly frozen) JSON-shaped value."""
-    if isinstance(value, Mapping):
-        return {k: thaw(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [thaw(v) for v in value]
-    return value
-
-
-class _CountCache:
-    """Token counts cached per counter *object* (compared with ``is``, never by ``id()``).
-
-    Keyed by ``id(counter)``, a counter created at the address of a freed one inherited its
-    counts. Holding the counter itself makes that impossible; a few entries suffice (one
-    counter per conversation is the rule).
-    """
-
-    __slots__ = ("entries",)
-    _MAX = 4
-
-    def __init__(self) -> None:
-        self.entries: list[tuple[Any, bool, Any]] = []
-
-    def get(self, counter: Any, flag: bool) -> Any:
-        for c, f, value in self.entries:
-            if c is counter and f == flag:
-                return value
-        return None
-
-    def put(self, counter: Any, flag: bool, value: Any) -> None:
-        entries = [e for e in self.entries if not (e[0] is counter and e[1] == flag)]
-        entries.append((counter, flag, value))
-        self.entries = entries[-self._MAX :]
-
-    def clear(self) -> None:
-        self.entries = []
-
-
-@dataclass(frozen=True, eq=False)
-class Turn:
-    """One turn: a user message and every assistant/tool message up to the next user message.
-
-    A turn is read-only: its messages are frozen views (:class:`FrozenDict`), so the history
-    cannot be edited through ``conv.turns[i].messages[j]`` and cached token counts always match
-    what is sent. ``copy.deepcopy(message)`` gives an editable copy.
-
-    Attributes:
-        id: Stable id, unique within the conversation, increasing with time.
-        messages: The messages, as recorded (``reasoning_content`` included).
-        created_at: Unix time the turn was committed.
-    """
-
-    id: int
-    messages: tuple[Message, ...]
-    created_at: float = field(default_factory=time.time)
-    _token_cache: _CountCache = field(default_factory=_CountCache, repr=False, compare=False)
-    _total_cache: _CountCache = field(default_factory=_CountCache, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "messages", tuple([freeze(m) for m in self.messages]))
-
-    @property
-    def user_message(self) -> Message | None:
-        """The turn's user message (None for a leading assistant-only turn)."""
-        first = self.messages[0] if self.messages else None
-        return first if first is not None and first.get("role") == "user" else None
-
-    @property
-    def complete(self) -> bool:
-        """False while an assistant tool call in this turn has no ``tool`` reply."""
-        from .messages import open_tool_call_ids
-
-        return not open_tool_call_ids(self.messages)
-
-    def wire_messages(self, *, send_reasoning: bool = False) -> list[Message]:
-        """The messages as they are sent to the API."""
-        return [to_wire(m, send_reasoning=send_reasoning) for m in self.messages]
-
-    def message_tokens(
-        self, counter: TokenCounter, *, send_reasoning: bool = False
-    ) -> tuple[int, ...]:
-        """Per-message token counts of the wire form, counted once and cached."""
-        cached: tuple[int, ...] | None = self._token_cache.get(counter, send_reasoning)
-        if cached is None or len(cached) != len(self.messages):
-            cached = tuple(
-                counter.count_message(to_wire(m, send_reasoning=send_reasoning))
-                for m in self.messages
-            )
-            self._token_cache.put(counter, send_reasoning, cached)
-        return cached
-
-    def tokens(self, counter: TokenCounter, *, send_reasoning: bool = False) -> int:
-        """Token count of the whole turn as sent (cached)."""
-        total: int | None = self._total_cache.get(counter, send_reasoning)
-        if total is None:
-            total = sum(self.message_tokens(counter, send_reasoning=send_reasoning))
-            self._total_cache.put(counter, send_reasoning, total)
-        return total
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "created_at": self.created_at,
-            "messages": [thaw(m) for m in self.messages],
-        }
-
-
-@dataclass(frozen=True)
-class Summary:
-    """A derived record: a summary of the turns it covers.
-
-    Attributes:
-        text: The summary text.
-        covers: Every turn id the summary accounts for (it folds in earlier summaries).
-        created_at: Unix time it was made.
-        model: The model that wrote it.
-        prompt_tokens: Prompt tokens the summariser call used (as reported, or estimated).
-        completion_tokens: Completion tokens of that call.
-    """
-
-    text: str
-    covers: tuple[int, ...]
-    created_at: float = field(default_factory=time.time)
-    model: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @cached_property
-    def through(self) -> int:
-        """The newest turn id covered (-1 if none)."""
-        return max(self.covers) if self.covers else -1
-
-    @cached_property
-    def covered(self) -> frozenset[int]:
-        """The covered ids as a set (built once per summary)."""
-        return frozenset(self.covers)
-
-    @cached_property
-    def is_prefix(self) -> bool:
-        """True when the summary covers every turn id up to :attr:`through` (the usual case)."""
-        return len(self.covers) == len(self.covered) and (
-            not self.covers or len(self.covers) == self.through - self.first + 1
-        )
-
-    @cached_property
-    def first(self) -> int:
-        """The oldest turn id covered (-1 if none)."""
-        return min(self.covers) if self.covers else -1
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "covers": list(self.covers),
-            "created_at": self.created_at,
-            "model": self.model,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-        }
 
 
 class History:
@@ -717,3 +500,19 @@ def _system_message(system: str | Sequence[Any] | Mapping[str, Any] | None) -> M
         raise InvalidMessageError("system= must be a string or a system/developer message", msg)
     frozen: Message = freeze(msg)
     return frozen
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAX_SAVED_INT",
+    "MAX_TIMESTAMP",
+    "FrozenDict",
+    "FrozenList",
+    "History",
+    "Summary",
+    "Turn",
+    "freeze",
+    "load_conversation",
+    "parse_saved",
+    "thaw",
+]
