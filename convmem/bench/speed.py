@@ -15,7 +15,8 @@ call at 10k messages takes minutes): a cell the cap cut short reports the calls 
 when none did, a lower bound.
 
 A second section times vector recall (:class:`~convmem.store.TurnStore` query latency at 10k
-stored turns, query embedding excluded) and the packaged embedding model's throughput.
+stored turns, query embedding excluded), checks what the approximate index returns against an
+exact search (recall@k), and times the packaged embedding model's throughput.
 
 This module runs the sizes and holds the command line (``convmem bench speed``, ``--quick`` for a
 run under a minute; or :func:`run_speed` and :func:`run_recall` from Python). Its parts live
@@ -76,6 +77,8 @@ class RecallResult:
         embed_texts: Texts embedded for the throughput figure.
         embed_texts_per_s: Throughput.
         embed_one_p50_ms: Embedding one query text (what the latency figures exclude).
+        recall_at_k: Of the ``k`` nearest stored turns by exact search over the same vectors,
+            the share the (approximate, HNSW) index returned, over the timed queries.
         skipped: Why the section (or its embedding part) was not measured.
     """
 
@@ -99,6 +102,7 @@ class RecallResult:
     embed_texts: int = 0
     embed_texts_per_s: float | None = None
     embed_one_p50_ms: float | None = None
+    recall_at_k: float | None = None
     skipped: str | None = None
 
     def format_text(self) -> str:
@@ -197,12 +201,16 @@ def _check_size(n: Any) -> None:
 # -- recall -----------------------------------------------------------------------------------
 
 
-def _unit_vectors(rng: Any, n: int, dim: int) -> list[list[float]]:
+def _unit_array(rng: Any, n: int, dim: int) -> Any:
     import numpy as np
 
     v = rng.standard_normal((n, dim)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
-    out: list[list[float]] = v.tolist()
+    return v
+
+
+def _unit_vectors(rng: Any, n: int, dim: int) -> list[list[float]]:
+    out: list[list[float]] = _unit_array(rng, n, dim).tolist()
     return out
 
 
@@ -265,6 +273,7 @@ def run_recall(
     owners = [(target, turns)] + [
         (f"bench-other-{i}", other_turns) for i in range(other_conversations)
     ]
+    target_vectors: list[Any] = []  # kept for the exact search the index is checked against
     try:
         t0 = time.perf_counter()
         for cid, n in owners:
@@ -272,7 +281,10 @@ def run_recall(
                 rows = [
                     StoredTurn(cid, i, texts[i % len(texts)], 1_700_000_000.0 + i) for i in chunk
                 ]
-                store.add(rows, _unit_vectors(rng, len(rows), dimension))
+                vectors = _unit_array(rng, len(rows), dimension)
+                if cid == target:
+                    target_vectors.append(vectors)
+                store.add(rows, vectors.tolist())
         result.insert_seconds = round(time.perf_counter() - t0, 2)
         probes = _unit_vectors(rng, queries + 3, dimension)
         recent = range(turns - result.excluded, turns)
@@ -291,6 +303,15 @@ def run_recall(
             times.sort()
             setattr(result, f"{attr}_p50_ms", round(statistics.median(times), 3))
             setattr(result, f"{attr}_p95_ms", round(timing.percentile(times, 0.95), 3))
+        # Unit vectors: the dot product is the cosine similarity the store ranks by, so the
+        # exact k nearest are the k largest products (turn id i is row i).
+        exact = np.concatenate(target_vectors)
+        found = 0
+        for vec in probes[3:]:
+            hits = store.query(target, vec, k=k)
+            best = np.argsort(-(exact @ np.asarray(vec, dtype=np.float32)))[:k]
+            found += len({h.turn_id for h in hits} & {int(i) for i in best})
+        result.recall_at_k = round(found / (min(k, turns) * len(probes[3:])), 3)
     finally:
         store.close()
     if embed_texts > 0:
@@ -339,6 +360,10 @@ def _format_recall(rec: RecallResult) -> str:
         lines.append(
             f"  query excluding the {rec.excluded} newest turns: "
             f"p50 {rec.query_excl_p50_ms:.1f} ms, p95 {rec.query_excl_p95_ms:.1f} ms"
+        )
+    if rec.recall_at_k is not None:
+        lines.append(
+            f"  index recall@{rec.k} vs exact search over the same vectors: {rec.recall_at_k:.3f}"
         )
     if rec.unfiltered_p50_ms is not None and rec.unfiltered_p95_ms is not None:
         lines.append(
