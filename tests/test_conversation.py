@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from convmem import (
+    AsyncConversation,
     ContextOverflowError,
     Conversation,
     InvalidMessageError,
@@ -213,6 +215,33 @@ def test_stream_events_commit_and_timings() -> None:
         "reasoning_content": "user greets",
     }
     assert conv.usage.calls == 1 and conv.usage.completion_tokens > 0
+
+
+def test_last_plan_is_the_streams_own_plan_at_its_usage_event() -> None:
+    """Issue 14.4: a consumer reading ``conv.last_plan`` at the usage event gets this call's
+    plan (the one that sent the new message), not the previous call's; sync and async."""
+    server = FakeChatServer().reply("first").reply("Hello there", chunk_size=3)
+    conv = make(server)
+    conv.send("one")
+    seen = []
+    for event in conv.stream("two"):
+        if isinstance(event, UsageEvent):
+            assert conv.last_plan is not None
+            seen.append(conv.last_plan.messages[-1])
+    assert seen == [{"role": "user", "content": "two"}]
+
+    async def main() -> list[Any]:
+        aserver = FakeChatServer().reply("first").reply("Hello there", chunk_size=3)
+        aconv = AsyncConversation(aserver.async_client(), model="gpt-4o-mini", system="sys")
+        await aconv.send("one")
+        seen = []
+        async for event in aconv.stream("two"):
+            if isinstance(event, UsageEvent):
+                assert aconv.last_plan is not None
+                seen.append(aconv.last_plan.messages[-1])
+        return seen
+
+    assert asyncio.run(main()) == [{"role": "user", "content": "two"}]
 
 
 def test_stream_respects_caller_stream_options() -> None:
