@@ -104,8 +104,13 @@ def as_note(note: Note | str) -> Note:
     return note if isinstance(note, Note) else Note("text", {"text": str(note)})
 
 
-#: Order in which sections are sent.
-SECTION_ORDER: tuple[str, ...] = ("system", "summary", "recalled", "recent")
+#: Order in which sections are sent: what changes least between calls first, so the prefix a
+#: provider's prompt cache can reuse again (OpenAI, DeepSeek, vLLM, llama.cpp) is as long as
+#: possible. The system prompt never changes; the summary only when a new one is made; the
+#: recent turns only grow (under ``Truncate``'s block policy) until a block of old turns is
+#: dropped; the recalled section changes with every question, so it goes last, right before
+#: the newest user message (see :attr:`ContextPlan.messages`).
+SECTION_ORDER: tuple[str, ...] = ("system", "summary", "recent", "recalled")
 
 
 @dataclass
@@ -272,7 +277,9 @@ class ContextPlan:
 
     Attributes:
         strategy: Name of the strategy that built it.
-        sections: Sections in send order (``tools`` last; it holds no messages).
+        sections: Sections in send order: system, summary, recent, recalled (whose message
+            goes right before the newest user message of ``recent``), ``tools`` last (it holds
+            no messages).
         decisions: One entry per history turn (see :attr:`decisions`; many turns with the same
             decision are stored as :class:`DecisionSpan` so building a plan stays cheap on
             long histories).
@@ -338,13 +345,29 @@ class ContextPlan:
     # -- views ---------------------------------------------------------------------------------
     @property
     def messages(self) -> list[Message]:
-        """The ``messages`` array this plan sends."""
-        out: list[Message] = []
-        for name in SECTION_ORDER:
-            for sec in self.sections:
-                if sec.name == name:
-                    out.extend(sec.messages)
-        return out
+        """The ``messages`` array this plan sends, stable parts first (:data:`SECTION_ORDER`).
+
+        System prompt, summary, recent turns, then the recalled section right before the newest
+        user message (the turn being made, with its tool rounds so far, comes last): the part a
+        prompt cache can match runs through the recent turns, and what recall finds sits next
+        to the question it was found for.
+        """
+        by_name: dict[str, list[Message]] = {}
+        for sec in self.sections:
+            by_name.setdefault(sec.name, []).extend(sec.messages)
+        recent = by_name.get("recent", [])
+        at = len(recent)  # where the newest user message starts (the end when there is none)
+        for i in range(len(recent) - 1, -1, -1):
+            if recent[i].get("role") == "user":
+                at = i
+                break
+        return [
+            *by_name.get("system", ()),
+            *by_name.get("summary", ()),
+            *recent[:at],
+            *by_name.get("recalled", ()),
+            *recent[at:],
+        ]
 
     def section(self, name: str) -> Section | None:
         """The named section, or None."""

@@ -209,7 +209,9 @@ def assemble_plan(
     """Puts chosen pieces together into a :class:`ContextPlan` with its token counts.
 
     ``recent`` turns are sent verbatim in history order, followed by the pending turn (or
-    ``pending``, a shortened form of it, when given).
+    ``pending``, a shortened form of it, when given). Sections are listed in the order that
+    breaks the least between calls: system, summary, recent, recalled (sent right before the
+    newest user message, see :attr:`ContextPlan.messages`), tools.
     """
     counter = request.counter
     sections: list[Section] = []
@@ -223,15 +225,6 @@ def assemble_plan(
                 [summary_message],
                 counter.count_message(summary_message),
                 tuple(summary.covers) if summary else (),
-            )
-        )
-    if recalled_messages:
-        sections.append(
-            Section(
-                "recalled",
-                list(recalled_messages),
-                sum(counter.count_message(m) for m in recalled_messages),
-                tuple(recalled_ids),
             )
         )
     recent_msgs: list[Message] = []
@@ -251,6 +244,15 @@ def assemble_plan(
         )
     ids = tuple(t.id for t in recent) + ((request.pending_id,) if request.pending else ())
     sections.append(Section("recent", recent_msgs, recent_tokens, ids))
+    if recalled_messages:
+        sections.append(
+            Section(
+                "recalled",
+                list(recalled_messages),
+                sum(counter.count_message(m) for m in recalled_messages),
+                tuple(recalled_ids),
+            )
+        )
     if request.tools:
         sections.append(Section("tools", [], request.tools_tokens))
     estimated = sum(s.tokens for s in sections) + counter.reply_priming

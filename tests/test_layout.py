@@ -28,7 +28,6 @@ MAX_LINES = 650
 # splits under way (issue 9.3), not a place to park big modules: drop an entry once it is split.
 BEING_SPLIT = {
     "store.py",  # Chroma + keyword index (hybrid recall); issue 9.3 still applies
-    "strategies/compose.py",  # composer + block truncation policy; issue 9.3 still applies
     "strategies/recall.py",  # hybrid recall; issue 9.3 still applies
 }
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .compose import DEFAULT_CACHE_POLICY, BlockTruncation, Composition, RecentTurns
+from .composition import Composition
 from .custom import Selection
 from .pipeline import Pipeline
+from .recent import DEFAULT_CACHE_POLICY, BlockTruncation, RecentTurns
 from .summary import RollingSummary, default_lookahead, default_should_summarize
 from .truncate import Truncate
 

@@ -1,414 +1,78 @@
 """One budget, several strategies: the composer behind :class:`Pipeline`.
 
 Every built-in strategy is a *component* with one of three roles, and contributes to a shared
-:class:`Composition`:
+:class:`~convmem.strategies.composition.Composition`:
 
 1. a summary component (``RollingSummary``) sets the summary section and marks the turns it
    covers as ``summarised``;
 2. recall components (``VectorRecall``) reserve their share of what is left;
 3. the recent-turn filler keeps recent turns verbatim (the default policy,
-   :class:`RecentTurns`: the newest whole turns that fit, newest first, one contiguous run;
-   ``Truncate`` is that policy with limits; any object with ``role = "recent"`` and
-   ``contribute`` replaces it);
+   :class:`~convmem.strategies.recent.RecentTurns`: the newest whole turns that fit, newest
+   first, one contiguous run; ``Truncate`` is that policy with limits and, by default, block
+   truncation for prompt caches; any object with ``role = "recent"`` and ``contribute``
+   replaces it);
 4. recall components fill their reserve with the best matching turns that are not already sent;
-5. the filler tops up with older turns if the recall left room.
+5. the filler tops up with older turns if the recall left room (never below the first turn a
+   cache policy keeps fixed).
 
 Whatever is left undecided is ``dropped`` (``dropped, not summarised`` when a summary component
 was there to cover it). Each strategy's own ``build`` is a composition of itself and the default
 filler, so a strategy alone and in a pipeline behave the same.
+
+The request is sent in the order that breaks the least between calls (stable parts first):
+system prompt, summary, recent turns, recalled section, new message (see
+:attr:`~convmem.plan.ContextPlan.messages`).
+
+The composition state and the component protocols live in
+:mod:`convmem.strategies.composition`, the recent-turn filler and its cache policy in
+:mod:`convmem.strategies.recent`; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from dataclasses import dataclass
 
 from ..errors import BudgetError, ContextOverflowError, UsageError
 from ..history import Summary, Turn
 from ..messages import Message
-from ..plan import (
-    NOT_SUMMARISED,
-    Action,
-    ContextPlan,
-    DecisionSpan,
-    Note,
-    SummaryCall,
-    TurnDecision,
-)
+from ..plan import ContextPlan, Note
 from ..strategy import ContextRequest, Job, assemble_plan
+from .composition import (
+    Component,
+    ComponentRole,
+    Composition,
+    RecallComponent,
+    RecentComponent,
+    SummaryComponent,
+    role_of,
+)
+from .recent import DEFAULT_CACHE_POLICY, BlockTruncation, RecentTurns, fill_recent
 
-#: The three places a component can take in a composition.
-ComponentRole = Literal["summary", "recall", "recent"]
+__all__ = [
+    "CUT_MARKER",
+    "DEFAULT_CACHE_POLICY",
+    "BlockTruncation",
+    "Component",
+    "ComponentRole",
+    "Composition",
+    "RecallComponent",
+    "RecentComponent",
+    "RecentTurns",
+    "SummaryComponent",
+    "compose",
+    "fill_recent",
+    "fit_pending",
+    "merge_fillers",
+    "prepare_all",
+    "recent_horizon",
+    "role_of",
+    "sends_everything",
+]
 
 #: Marker put in place of the middle of a tool output that had to be cut to fit.
 CUT_MARKER = "\n[... {n} characters cut by convmem to fit the context window ...]\n"
-
-
-@dataclass
-class Composition:
-    """The context being built by a pipeline. Components read and extend it.
-
-    Attributes:
-        request: The request.
-        limit: Prompt budget in estimate units (the tightest of the window and any cap).
-        pending: The pending turn's wire messages (tool outputs may have been cut to fit).
-        pending_tokens: Their tokens.
-        summary / summary_message / summary_tokens: The summary section.
-        recalled: ``(turn, score)`` pairs, chronological once finished.
-        recalled_messages / recalled_tokens: The recalled section.
-        recent: Turns sent verbatim, chronological.
-        decisions: Per turn id.
-        reserved: Tokens set aside for later components, by name.
-        notes: Structured notes (:class:`~convmem.plan.Note`) for the plan.
-        components: The components taking part (read by components that plan ahead).
-        summary_component: True when a summary component takes part: a turn it does not cover
-            and nobody sends is then ``dropped, not summarised``.
-        not_summarised_reason: Why the summary could not cover every dropped turn (set by the
-            summary component when its summariser failed, was not called, or could not fit).
-    """
-
-    request: ContextRequest
-    limit: int
-    pending: list[Message]
-    pending_tokens: int
-    components: Sequence[Component] = ()
-    summary_component: bool = False
-    not_summarised_reason: str | None = None
-    summary: Summary | None = None
-    summary_message: Message | None = None
-    summary_tokens: int = 0
-    recalled: list[tuple[Turn, float]] = field(default_factory=list)
-    recalled_messages: list[Message] = field(default_factory=list)
-    recalled_tokens: int = 0
-    recent: list[Turn] = field(default_factory=list)
-    recent_tokens: int = 0
-    decisions: dict[int, TurnDecision] = field(default_factory=dict)
-    reserved: dict[str, int] = field(default_factory=dict)
-    notes: list[Note] = field(default_factory=list)
-    summary_calls: list[SummaryCall] = field(default_factory=list)
-    new_summary: Summary | None = None
-    recent_floor: int | None = None
-    recent_floor_set: bool = False
-
-    @property
-    def used(self) -> int:
-        """Estimated tokens committed so far (fixed parts, pending, every section)."""
-        return (
-            self.request.fixed_tokens
-            + self.pending_tokens
-            + self.summary_tokens
-            + self.recalled_tokens
-            + self.recent_tokens
-        )
-
-    @property
-    def remaining(self) -> int:
-        """Tokens still free, after what later components reserved."""
-        return self.limit - self.used - sum(self.reserved.values())
-
-    def is_decided(self, turn_id: int) -> bool:
-        """True when the turn is already sent (recent, recalled) or covered by the summary."""
-        return turn_id in self.decisions or (
-            self.summary is not None and turn_id in self.summary.covered
-        )
-
-    def decide(self, turn: Turn, action: Action, reason: str, score: float | None = None) -> None:
-        self.decisions[turn.id] = TurnDecision(turn.id, action, reason, score)
-
-    def note(self, kind: str, **data: Any) -> None:
-        """Adds a structured note (its readable text is derived from the kind and data)."""
-        self.notes.append(Note(kind, data))
-
-    def notes_of_kind(self, kind: str) -> list[Note]:
-        return [n for n in self.notes if n.kind == kind]
-
-    def add_recent(self, turn: Turn, reason: str = "recent") -> None:
-        """Sends ``turn`` verbatim among the recent turns (the caller checked it fits)."""
-        self.recent.append(turn)
-        self.recent_tokens += self.request.turn_tokens(turn)
-        self.decide(turn, "kept", reason)
-
-    def spans(self) -> list[DecisionSpan]:
-        """Compact decisions for the summarised and dropped turns (cheap on long histories)."""
-        spans: list[DecisionSpan] = []
-        history = self.request.history
-        turns = history.turn_list()
-        if self.summary is not None:
-            spans.append(DecisionSpan("summarised", "covered by the summary", self.summary.covers))
-        # Everything older than the recent turns and not summarised was dropped; a recent-turn
-        # policy that leaves gaps (a user's selection) also drops the turns in between.
-        end = len(turns)
-        if self.recent:
-            oldest = min(t.id for t in self.recent)
-            end = history.index_after(oldest) - 1
-        dropped: Sequence[int]
-        contiguous_from_start = self.summary is None or (
-            self.summary.is_prefix and (not turns or self.summary.first <= turns[0].id)
-        )
-        if not contiguous_from_start:
-            assert self.summary is not None
-            dropped = [t.id for t in turns[:end] if t.id not in self.summary.covered]
-        else:
-            start = 0
-            if self.summary is not None:
-                start = min(history.index_after(self.summary.through), end)
-            dropped = _ids(turns, start, end)
-        covered = self.summary.covered if self.summary is not None else frozenset()
-        gaps = [t.id for t in turns[end:] if t.id not in self.decisions and t.id not in covered]
-        if gaps:
-            dropped = [*dropped, *gaps]
-        if len(dropped):
-            if self.summary_component:
-                reason = self.not_summarised_reason or "not covered by the summary"
-                self.note("not_summarised", count=len(dropped), reason=reason)
-                spans.append(DecisionSpan("dropped", NOT_SUMMARISED, dropped))
-            else:
-                spans.append(
-                    DecisionSpan(
-                        "dropped", f"over budget ({self.limit} estimated prompt tokens)", dropped
-                    )
-                )
-        return spans
-
-
-def _ids(turns: Sequence[Turn], start: int, end: int) -> Sequence[int]:
-    """The ids of ``turns[start:end]``, as a ``range`` when they are consecutive numbers."""
-    if end <= start:
-        return ()
-    first, last = turns[start].id, turns[end - 1].id
-    if last - first + 1 == end - start:
-        return range(first, last + 1)  # no copy of the turn list: this runs on every call
-    return [t.id for t in turns[start:end]]
-
-
-@runtime_checkable
-class SummaryComponent(Protocol):
-    """Sets the summary section (``RollingSummary``). At most one per composition."""
-
-    @property
-    def role(self) -> Literal["summary"]: ...
-
-    def contribute(self, comp: Composition) -> None: ...
-
-
-@runtime_checkable
-class RecallComponent(Protocol):
-    """Reserves tokens before the recent turns are chosen, then fills them (``VectorRecall``)."""
-
-    @property
-    def role(self) -> Literal["recall"]: ...
-
-    def reserve(self, comp: Composition) -> int: ...
-
-    def contribute(self, comp: Composition) -> None: ...
-
-
-@runtime_checkable
-class RecentComponent(Protocol):
-    """Chooses the turns sent verbatim. Called twice: before recall (with the recall reserve
-    held back) and after it (to top up); the second call must only add turns.
-
-    ``max_tokens`` caps the whole prompt (None: the window's budget).
-    """
-
-    @property
-    def role(self) -> Literal["recent"]: ...
-
-    @property
-    def max_tokens(self) -> int | None: ...
-
-    def contribute(self, comp: Composition) -> None: ...
-
-
-Component = SummaryComponent | RecallComponent | RecentComponent
-
-
-def fill_recent(
-    comp: Composition, *, max_turns: int | None = None, floor: int | None = None
-) -> None:
-    """The default recent-turn policy: adds the newest whole turns that fit, one contiguous run.
-
-    Continues below the turns already kept, steps over turns already in the recalled section,
-    and stops at the first turn that is summarised, over ``max_turns``, over the room left, or
-    older than ``floor`` (a turn id).
-    """
-    history = comp.request.history
-    turns = history.turn_list()
-    start = len(turns) - 1
-    if comp.recent:
-        # Continue below the oldest turn already kept (turns are sorted by id).
-        start = history.index_after(comp.recent[-1].id) - 2
-    for i in range(start, -1, -1):
-        turn = turns[i]
-        if comp.is_decided(turn.id):
-            decision = comp.decisions.get(turn.id)
-            if decision is not None and decision.action == "recalled":
-                continue  # already sent by recall: room it left can still take older turns
-            break  # summarised: the run of recent turns ends here
-        if floor is not None and turn.id < floor:
-            break
-        if max_turns is not None and len(comp.recent) >= max_turns:
-            break
-        if comp.request.turn_tokens(turn) > comp.remaining:
-            break
-        comp.add_recent(turn)
-
-
-@dataclass(frozen=True)
-class BlockTruncation:
-    """Prompt-cache policy: drop old turns in blocks and keep the first kept turn fixed.
-
-    A sliding window drops one old turn per call once the budget is hit, so the messages after
-    the system prompt change on every call and a provider's prompt cache (OpenAI, DeepSeek,
-    vLLM, llama.cpp) never matches past them. With this policy, when the newest turns no longer
-    all fit, old turns are dropped down to a low-water mark (``low_water`` of the room for
-    recent turns, and of ``max_turns``); on later calls the first kept turn stays the same, and
-    only new turns are added after it, until the budget is hit again.
-
-    Applied only when the recent turns are the whole strategy (``Truncate`` alone): in a
-    pipeline the summary covers what the recent turns leave out and plans against the newest
-    turns that fit, and the recalled section (sent before the recent turns) changes with every
-    new message.
-
-    The state (the first kept turn per ``conversation_id``) lives in the strategy object and is
-    not persisted: after a restart the next call recomputes it.
-
-    Args:
-        low_water: Share of the recent-turn room (and of ``max_turns``) to fill after a drop,
-            between 0 and 1 (exclusive of 0).
-
-    Raises:
-        UsageError: ``low_water`` is not in (0, 1].
-    """
-
-    low_water: float = 0.65
-
-    def __post_init__(self) -> None:
-        lw = self.low_water
-        if isinstance(lw, bool) or not isinstance(lw, int | float) or not 0 < lw <= 1:
-            raise UsageError(f"BlockTruncation(low_water=...) must be in (0, 1], got {lw!r}")
-
-
-#: The cache policy :class:`~convmem.strategies.Truncate` uses unless told otherwise.
-DEFAULT_CACHE_POLICY = BlockTruncation()
-
-
-class RecentTurns:
-    """The default recent-turn filler: the newest whole turns that fit (see :func:`fill_recent`).
-
-    Args:
-        max_turns: Keep at most this many past turns.
-        max_tokens: Cap on the whole prompt, in tokens.
-        cache_policy: :class:`BlockTruncation` to drop old turns in blocks and keep the prefix
-            stable for prompt caches; ``None`` for a sliding window (one turn per call).
-    """
-
-    role: Literal["recent"] = "recent"
-
-    def __init__(
-        self,
-        max_turns: int | None = None,
-        max_tokens: int | None = None,
-        cache_policy: BlockTruncation | None = None,
-    ) -> None:
-        if cache_policy is not None and not isinstance(cache_policy, BlockTruncation):
-            raise UsageError(
-                f"cache_policy must be a BlockTruncation or None, got {cache_policy!r}"
-            )
-        self.max_turns = max_turns
-        self.max_tokens = max_tokens
-        self.cache_policy = cache_policy
-        self._anchors: dict[str, int] = {}
-
-    def contribute(self, comp: Composition) -> None:
-        # Only for recent turns alone: a summary plans its coverage against the sliding window
-        # (it moves in blocks itself), and the recalled section, sent before the recent turns,
-        # changes with every new message anyway.
-        alone = all(role_of(c) == "recent" for c in comp.components)
-        policy = self.cache_policy if alone else None
-        if policy is not None and not comp.recent_floor_set:
-            comp.recent_floor = self._choose_floor(comp, policy)
-            comp.recent_floor_set = True
-        fill_recent(comp, max_turns=self.max_turns, floor=comp.recent_floor)
-
-    def _choose_floor(self, comp: Composition, policy: BlockTruncation) -> int | None:
-        """The id of the oldest turn to keep this call (``None``: no floor)."""
-        request = comp.request
-        key = request.conversation_id
-        turns = request.history.turn_list()
-        candidates: list[Turn] = []  # newest first, the undecided contiguous run
-        for turn in reversed(turns):
-            if comp.is_decided(turn.id):
-                break
-            candidates.append(turn)
-        if not candidates:
-            return None
-        room = comp.remaining
-        fits: list[Turn] = []  # what a sliding window keeps
-        used = 0
-        for turn in candidates:
-            cost = request.turn_tokens(turn)
-            if self.max_turns is not None and len(fits) >= self.max_turns:
-                break
-            if used + cost > room:
-                break
-            fits.append(turn)
-            used += cost
-        anchor = self._anchors.get(key)
-        if len(fits) == len(candidates):
-            # Everything fits: keep the anchor (if any) so the prefix stays as it was.
-            if anchor is not None and anchor > candidates[-1].id:
-                self._note_kept(comp, anchor, candidates)
-                return anchor
-            return None
-        oldest_fit = fits[-1].id if fits else None
-        if anchor is not None and oldest_fit is not None and anchor >= oldest_fit:
-            self._note_kept(comp, anchor, candidates)
-            return anchor
-        # The budget is hit: drop down to the low-water mark.
-        low_tokens = int(room * policy.low_water)
-        low_turns = max(1, int(self.max_turns * policy.low_water)) if self.max_turns else None
-        kept: list[Turn] = []
-        used = 0
-        for turn in fits:
-            cost = request.turn_tokens(turn)
-            if low_turns is not None and len(kept) >= low_turns:
-                break
-            if kept and used + cost > low_tokens:
-                break
-            kept.append(turn)
-            used += cost
-        if not kept:
-            self._anchors.pop(key, None)
-            return None
-        new_anchor = kept[-1].id
-        self._anchors[key] = new_anchor
-        comp.note(
-            "cache_block_dropped",
-            kept_from=new_anchor,
-            kept_turns=len(kept),
-            dropped_turns=len(candidates) - len(kept),
-            low_water=policy.low_water,
-        )
-        return new_anchor
-
-    @staticmethod
-    def _note_kept(comp: Composition, anchor: int, candidates: list[Turn]) -> None:
-        comp.note(
-            "cache_prefix_kept",
-            kept_from=anchor,
-            kept_turns=sum(1 for t in candidates if t.id >= anchor),
-        )
-
-
-def role_of(component: object) -> ComponentRole | None:
-    """The component role of ``component``, or None when it is not a component."""
-    role = getattr(component, "role", None)
-    if role in ("summary", "recall", "recent") and callable(getattr(component, "contribute", None)):
-        return role  # type: ignore[no-any-return]
-    return None
 
 
 def _cut_text(text: str, keep_chars: int) -> str:
@@ -519,9 +183,18 @@ def merge_fillers(fillers: Sequence[RecentComponent]) -> RecentComponent:
         raise UsageError(f"a Pipeline takes one recent-turn strategy, got {names}")
     turns = [f.max_turns for f in fillers if isinstance(f, RecentTurns) and f.max_turns is not None]
     tokens = [f.max_tokens for f in fillers if f.max_tokens is not None]
-    return RecentTurns(
-        max_turns=min(turns) if turns else None, max_tokens=min(tokens) if tokens else None
+    # One that turned the cache policy off wins (a sliding window was asked for).
+    policies = [f.cache_policy for f in fillers if isinstance(f, RecentTurns)]
+    policy = None if None in policies else policies[0]
+    merged = RecentTurns(
+        max_turns=min(turns) if turns else None,
+        max_tokens=min(tokens) if tokens else None,
+        cache_policy=policy,
     )
+    first = fillers[0]
+    assert isinstance(first, RecentTurns)
+    merged.share_state(first)  # merged anew on every call: the cache anchors live on
+    return merged
 
 
 def _start(
@@ -642,6 +315,7 @@ def recent_horizon(
     """
     parts = _parts(components)
     comp = _start(request, components, parts, name="horizon", cap_tokens=None)
+    comp.trial = True  # a cache policy reads its state here but must not move it
     comp.summary = summary
     comp.summary_tokens = summary_tokens
     comp.reserved["ahead"] = ahead

@@ -5,7 +5,8 @@ from __future__ import annotations
 from ..errors import UsageError
 from ..plan import ContextPlan
 from ..strategy import ContextRequest
-from .compose import DEFAULT_CACHE_POLICY, BlockTruncation, RecentTurns, compose
+from .compose import compose
+from .recent import DEFAULT_CACHE_POLICY, BlockTruncation, RecentTurns
 
 
 class Truncate(RecentTurns):
@@ -27,7 +28,7 @@ class Truncate(RecentTurns):
             included). Defaults to the window minus room for the reply; a cap above that has no
             effect.
         cache_policy: How old turns leave once a limit is hit. The default,
-            :data:`~convmem.strategies.compose.DEFAULT_CACHE_POLICY` (a
+            :data:`~convmem.strategies.recent.DEFAULT_CACHE_POLICY` (a
             :class:`~convmem.strategies.BlockTruncation` with ``low_water=0.65``), drops old
             turns in blocks down to 65% of the room and then keeps the first kept turn fixed
             until the limit is hit again, so the prompt prefix stays the same between calls and

@@ -1,0 +1,213 @@
+"""The recent-turn filler and its prompt-cache policy (block truncation with hysteresis).
+
+:class:`RecentTurns` keeps the newest whole turns that fit (:func:`fill_recent`); with a
+:class:`BlockTruncation` policy it drops old turns in blocks and keeps the first kept turn fixed
+between calls, so the request's prefix stays the same and providers' prompt caches match it.
+``Truncate`` is :class:`RecentTurns` with limits and the block policy on by default
+(:data:`DEFAULT_CACHE_POLICY`), alone or inside a ``Pipeline``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import UsageError
+from ..history import Turn
+from .composition import Composition
+
+
+def fill_recent(
+    comp: Composition, *, max_turns: int | None = None, floor: int | None = None
+) -> None:
+    """The default recent-turn policy: adds the newest whole turns that fit, one contiguous run.
+
+    Continues below the turns already kept, steps over turns already in the recalled section,
+    and stops at the first turn that is summarised, over ``max_turns``, over the room left, or
+    older than ``floor`` (a turn id).
+    """
+    history = comp.request.history
+    turns = history.turn_list()
+    start = len(turns) - 1
+    if comp.recent:
+        # Continue below the oldest turn already kept (turns are sorted by id).
+        start = history.index_after(comp.recent[-1].id) - 2
+    for i in range(start, -1, -1):
+        turn = turns[i]
+        if comp.is_decided(turn.id):
+            decision = comp.decisions.get(turn.id)
+            if decision is not None and decision.action == "recalled":
+                continue  # already sent by recall: room it left can still take older turns
+            break  # summarised: the run of recent turns ends here
+        if floor is not None and turn.id < floor:
+            break
+        if max_turns is not None and len(comp.recent) >= max_turns:
+            break
+        if comp.request.turn_tokens(turn) > comp.remaining:
+            break
+        comp.add_recent(turn)
+
+
+@dataclass(frozen=True)
+class BlockTruncation:
+    """Prompt-cache policy: drop old turns in blocks and keep the first kept turn fixed.
+
+    A sliding window drops one old turn per call once the budget is hit, so the messages after
+    the system prompt change on every call and a provider's prompt cache (OpenAI, DeepSeek,
+    vLLM, llama.cpp) never matches past them. With this policy, when the newest turns no longer
+    all fit, old turns are dropped down to a low-water mark (``low_water`` of the room for
+    recent turns, and of ``max_turns``); on later calls the first kept turn stays the same, and
+    only new turns are added after it, until the budget is hit again. While every turn fits,
+    every turn is sent (the whole history is a stable prefix too).
+
+    In a ``Pipeline`` the room is what the summary and the recall reserve leave: a block drop
+    moves the recent turns past turns the summary does not cover yet, so the summary is
+    extended once, at the drop, and both then stay the same until the next drop. Room the
+    recall leaves unused is not filled with turns older than the first kept one (that would
+    move the start of the recent turns on every call); the recalled section, which changes
+    with every question, is sent after the recent turns, next to the new message (see
+    :class:`~convmem.plan.ContextPlan.messages`).
+
+    The state (the first kept turn per ``conversation_id``) lives in the strategy object and is
+    not persisted: after a restart the next call recomputes it.
+
+    Args:
+        low_water: Share of the recent-turn room (and of ``max_turns``) to fill after a drop,
+            between 0 and 1 (exclusive of 0).
+
+    Raises:
+        UsageError: ``low_water`` is not in (0, 1].
+    """
+
+    low_water: float = 0.65
+
+    def __post_init__(self) -> None:
+        lw = self.low_water
+        if isinstance(lw, bool) or not isinstance(lw, int | float) or not 0 < lw <= 1:
+            raise UsageError(f"BlockTruncation(low_water=...) must be in (0, 1], got {lw!r}")
+
+
+#: The cache policy :class:`~convmem.strategies.Truncate` uses unless told otherwise.
+DEFAULT_CACHE_POLICY = BlockTruncation()
+
+
+class RecentTurns:
+    """The default recent-turn filler: the newest whole turns that fit (see :func:`fill_recent`).
+
+    Args:
+        max_turns: Keep at most this many past turns.
+        max_tokens: Cap on the whole prompt, in tokens.
+        cache_policy: :class:`BlockTruncation` to drop old turns in blocks and keep the prefix
+            stable for prompt caches; ``None`` for a sliding window (one turn per call).
+
+    Raises:
+        UsageError: ``cache_policy`` is neither a :class:`BlockTruncation` nor None.
+    """
+
+    role: Literal["recent"] = "recent"
+
+    def __init__(
+        self,
+        max_turns: int | None = None,
+        max_tokens: int | None = None,
+        cache_policy: BlockTruncation | None = None,
+    ) -> None:
+        if cache_policy is not None and not isinstance(cache_policy, BlockTruncation):
+            raise UsageError(
+                f"cache_policy must be a BlockTruncation or None, got {cache_policy!r}"
+            )
+        self.max_turns = max_turns
+        self.max_tokens = max_tokens
+        self.cache_policy = cache_policy
+        # conversation id -> the first kept turn (the anchor of the stable prefix).
+        self._anchors: dict[str, int] = {}
+
+    def share_state(self, other: RecentTurns) -> None:
+        """Uses ``other``'s cache anchors (a filler merged from several, made anew each call)."""
+        self._anchors = other._anchors
+
+    def contribute(self, comp: Composition) -> None:
+        policy = self.cache_policy
+        if policy is not None and not comp.recent_floor_set:
+            # Chosen on the first pass (recall reserve held back) and kept for the top-up.
+            comp.recent_floor = self._choose_floor(comp, policy)
+            comp.recent_floor_set = True
+        fill_recent(comp, max_turns=self.max_turns, floor=comp.recent_floor)
+
+    def _choose_floor(self, comp: Composition, policy: BlockTruncation) -> int | None:
+        """The id of the oldest turn to keep this call (``None``: no floor).
+
+        Pure in a trial composition (a summary planning its coverage); otherwise the anchor
+        chosen is remembered for the conversation's next call.
+        """
+        request = comp.request
+        key = request.conversation_id
+        candidates: list[Turn] = []  # newest first, the undecided contiguous run
+        for turn in reversed(request.history.turn_list()):
+            if comp.is_decided(turn.id):
+                break
+            candidates.append(turn)
+        if not candidates:
+            return None
+        room = comp.remaining
+        fits: list[Turn] = []  # what a sliding window keeps
+        used = 0
+        for turn in candidates:
+            cost = request.turn_tokens(turn)
+            if self.max_turns is not None and len(fits) >= self.max_turns:
+                break
+            if used + cost > room:
+                break
+            fits.append(turn)
+            used += cost
+        if len(fits) == len(candidates):
+            # Everything fits: send it all (the whole run is a stable prefix too).
+            self._remember(comp, None)
+            return None
+        anchor = self._anchors.get(key)
+        if anchor is not None and fits:
+            # Turns the summary covers now are not candidates: the anchor moves up to the first.
+            anchor = max(anchor, candidates[-1].id)
+            if anchor >= fits[-1].id:
+                comp.note(
+                    "cache_prefix_kept",
+                    kept_from=anchor,
+                    kept_turns=sum(1 for t in candidates if t.id >= anchor),
+                )
+                self._remember(comp, anchor)
+                return anchor
+        # The budget is hit: drop down to the low-water mark.
+        low_tokens = int(room * policy.low_water)
+        low_turns = max(1, int(self.max_turns * policy.low_water)) if self.max_turns else None
+        kept: list[Turn] = []
+        used = 0
+        for turn in fits:
+            cost = request.turn_tokens(turn)
+            if low_turns is not None and len(kept) >= low_turns:
+                break
+            if kept and used + cost > low_tokens:
+                break
+            kept.append(turn)
+            used += cost
+        if not kept:
+            self._remember(comp, None)
+            return None
+        new_anchor = kept[-1].id
+        self._remember(comp, new_anchor)
+        comp.note(
+            "cache_block_dropped",
+            kept_from=new_anchor,
+            kept_turns=len(kept),
+            dropped_turns=len(candidates) - len(kept),
+            low_water=policy.low_water,
+        )
+        return new_anchor
+
+    def _remember(self, comp: Composition, anchor: int | None) -> None:
+        if comp.trial:
+            return
+        key = comp.request.conversation_id
+        if anchor is None:
+            self._anchors.pop(key, None)
+        else:
+            self._anchors[key] = anchor
