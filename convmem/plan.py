@@ -45,6 +45,9 @@ NOTE_TEXTS: dict[str, str] = {
     "prompt cache",
     "cache_prefix_kept": "prompt cache: recent turns kept from turn {kept_from} (stable prefix, "
     "{kept_turns} turn(s))",
+    "cache_block_summarised": "prompt cache: the turns before turn {kept_from} are now in the "
+    "summary (one block); the summary and the recent turns from turn {kept_from} stay fixed until "
+    "the budget is hit again",
     "recall_nothing_fits": "no recalled turn fits the recall budget or all are recent",
 }
 

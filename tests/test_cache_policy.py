@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import itertools
+import json
+from typing import Any
 
 import pytest
 
 from convmem import Conversation
 from convmem.errors import UsageError
-from convmem.strategies import BlockTruncation, Truncate
+from convmem.plan import ContextPlan
+from convmem.strategies import (
+    DEFAULT_CACHE_POLICY,
+    BlockTruncation,
+    Pipeline,
+    RollingSummary,
+    Selection,
+    Truncate,
+)
+from convmem.strategy import ContextRequest
 from convmem.testing import FakeChatServer
 
 
@@ -103,3 +114,195 @@ def test_bad_low_water_is_refused(bad: object) -> None:
         BlockTruncation(low_water=bad)  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="cache_policy"):
         Truncate(cache_policy="block")  # type: ignore[arg-type]
+
+
+# -- inside a Pipeline: summary and recall coexist ----------------------------------------------
+
+
+def _summary_server(n: int = 400) -> FakeChatServer:
+    """Chat calls get 'ok ...'; summariser calls (recognised by their prompt) get a fact list
+    naming the turns they cover, so every new summary has a text of its own."""
+    server = FakeChatServer()
+
+    def reply(body: dict[str, Any]) -> Any:
+        if "keep the memory of a conversation" in body["messages"][0]["content"]:
+            turns = body["messages"][1]["content"].count("<convmem-turn ")
+            return {
+                "content": f"- {turns} more turns: the user asked things",
+                "usage": {"prompt_tokens": 300, "completion_tokens": 12, "total_tokens": 312},
+            }
+        return "ok " * 10
+
+    server.respond_with(reply, times=n)
+    return server
+
+
+def _summary_pipeline_run(
+    policy: BlockTruncation | None, calls: int = 40
+) -> tuple[FakeChatServer, list[ContextPlan]]:
+    server = _summary_server()
+    # The truncation cap (500 tokens) is hit long before the summary's trigger (70% of 1000).
+    strategy = Pipeline(
+        RollingSummary(max_summary_tokens=128), Truncate(max_tokens=500, cache_policy=policy)
+    )
+    conv = Conversation(
+        server.client(), model="m", system="sys", context_window=1000, reply_reserve=100,
+        strategy=strategy,
+    )  # fmt: skip
+    plans = []
+    for i in range(calls):
+        conv.send(f"question {i} " + "text " * 15)
+        assert conv.last_plan is not None
+        plans.append(conv.last_plan)
+    return server, plans
+
+
+def _summariser_calls(server: FakeChatServer) -> list[int]:
+    """Indexes (among chat calls) of the calls that came right after a summariser call."""
+    out, chat = [], 0
+    for body in server.requests:
+        if "keep the memory of a conversation" in body["messages"][0]["content"]:
+            out.append(chat)
+        else:
+            chat += 1
+    return out
+
+
+def test_block_policy_in_a_pipeline_keeps_summary_and_recent_turns_fixed_between_drops() -> None:
+    server, plans = _summary_pipeline_run(DEFAULT_CACHE_POLICY)
+    # The budget is hit: the summary takes the block of turns the recent ones leave behind.
+    drops = [i for i, p in enumerate(plans) if p.notes_of("cache_block_summarised")]
+    kept = [i for i, p in enumerate(plans) if p.notes_of("cache_prefix_kept")]
+    assert drops and len(kept) > 2 * len(drops), (drops, kept)
+    for i, plan in enumerate(plans):
+        assert plan.corrected_tokens <= 500
+        assert plan.not_summarised == []  # every turn left out is covered by the summary
+        if i in kept:
+            first = plan.notes_of("cache_prefix_kept")[0].data["kept_from"]
+            assert plan.kept[0] == first
+            # Nothing changed but the new turn: the whole previous request is the prefix.
+            assert plan.new_summary is None and not plan.summary_calls
+            assert plan.shared_prefix_messages == len(plans[i - 1].messages)
+    # The summary is extended only when a block is dropped (once per drop, never in between).
+    assert _summariser_calls(server) == drops
+
+
+def test_block_policy_in_a_pipeline_shares_more_prefix_and_summarises_less_often() -> None:
+    block_server, block = _summary_pipeline_run(DEFAULT_CACHE_POLICY)
+    sliding_server, sliding = _summary_pipeline_run(None)
+    start = next(i for i, p in enumerate(sliding) if p.dropped or p.summarised)
+
+    def share(plans: list[ContextPlan]) -> float:
+        shared = sum(p.shared_prefix_tokens for p in plans[start:])
+        return shared / sum(p.estimated_tokens for p in plans[start:])
+
+    # A summary already moves in blocks (it plans for its largest size); the block policy
+    # makes the blocks larger: fewer summaries, more of each request shared with the last.
+    assert share(block) > share(sliding) + 0.05, (share(block), share(sliding))
+    assert len(_summariser_calls(block_server)) < len(_summariser_calls(sliding_server))
+
+
+def test_alone_the_block_policy_shares_most_of_the_prompt_a_sliding_window_almost_none() -> None:
+    def share(policy: BlockTruncation | None) -> float:
+        server = FakeChatServer()
+        server.respond_with(lambda body: "ok " * 10, times=40)
+        conv = Conversation(
+            server.client(), model="gpt-4o-mini", system="sys",
+            strategy=Truncate(max_tokens=400, cache_policy=policy),
+        )  # fmt: skip
+        plans = []
+        for i in range(40):
+            conv.send(f"question {i} " + "text " * 15)
+            assert conv.last_plan is not None
+            plans.append(conv.last_plan)
+        after = plans[20:]  # the budget is hit from about call 10 on
+        assert all(p.dropped for p in after)
+        return sum(p.shared_prefix_tokens for p in after) / sum(p.estimated_tokens for p in after)
+
+    block, sliding = share(DEFAULT_CACHE_POLICY), share(None)
+    assert block > 0.7 and sliding < 0.05, (block, sliding)
+
+
+def test_summary_message_is_byte_identical_until_a_new_summary_is_made() -> None:
+    server = _summary_server()
+    conv = Conversation(
+        server.client(), model="m", system="sys", context_window=1000, reply_reserve=100,
+        strategy=RollingSummary(max_summary_tokens=128),
+    )  # fmt: skip
+    sent: list[tuple[str, list[dict[str, Any]], ContextPlan]] = []
+    for i in range(30):
+        conv.send(f"question {i} " + "text " * 15)
+        assert conv.last_plan is not None
+        request = server.requests[-1]  # the chat call (a summariser call comes before it)
+        summary = conv.last_plan.section("summary")
+        key = json.dumps(summary.messages) if summary else ""
+        sent.append((key, request["messages"], conv.last_plan))
+    with_summary = [i for i, (key, _, _) in enumerate(sent) if key]
+    assert with_summary, "the summary never fired"
+    repeats = 0
+    for i in with_summary[1:]:
+        key, messages, plan = sent[i]
+        if plan.new_summary is None:
+            repeats += 1
+            # Same summary: the same bytes, at the same place, in the request sent.
+            assert key == sent[i - 1][0]
+            assert json.dumps(messages[1]) == json.dumps(sent[i - 1][1][1])
+            # ... so the prefix through the summary (and the recent turns) is shared.
+            assert plan.shared_prefix_messages >= 2
+            assert plan.shared_prefix_tokens >= plan.tokens_by_section()["summary"]
+        else:
+            assert key != sent[i - 1][0]  # a new summary is a new text
+    assert repeats >= 3
+
+
+# -- the order that breaks the least ------------------------------------------------------------
+
+
+def _recall_two_oldest(request: ContextRequest) -> Selection:
+    turns = request.turns
+    return Selection(recent=turns[2:], recalled=turns[:2])
+
+
+def test_recalled_section_goes_after_the_recent_turns_right_before_the_new_message() -> None:
+    server = FakeChatServer()
+    for i in range(5):
+        server.reply(f"reply {i}")
+    conv = Conversation(
+        server.client(), model="gpt-4o-mini", system="sys", strategy=_recall_two_oldest
+    )
+    for i in range(5):
+        conv.send(f"message {i}")
+    sent = server.last_request["messages"]
+    roles = [m["role"] for m in sent]
+    assert roles == ["system", "user", "assistant", "user", "assistant", "system", "user"]
+    assert sent[1]["content"] == "message 2" and sent[-1]["content"] == "message 4"
+    assert sent[-2]["content"].startswith("Earlier in this conversation")
+    assert "message 0" in sent[-2]["content"]
+    plan = conv.last_plan
+    assert plan is not None
+    assert [s.name for s in plan.sections] == ["system", "recent", "recalled"]
+    assert plan.messages == sent
+
+
+def test_recalled_section_stays_before_the_user_message_through_tool_rounds() -> None:
+    def lookup(q: str) -> str:
+        """Looks a thing up."""
+        return f"{q} is 42"
+
+    server = FakeChatServer()
+    server.reply("first").reply("second")
+    server.reply(tool_calls=[{"name": "lookup", "arguments": {"q": "x"}}])
+    server.reply("x is 42")
+    conv = Conversation(
+        server.client(), model="gpt-4o-mini", system="sys", strategy=_recall_two_oldest
+    )
+    conv.send("one")
+    conv.send("two")
+    conv.send("what is x?", tools=[lookup])
+    first, second = server.requests[-2]["messages"], server.requests[-1]["messages"]
+    assert [m["role"] for m in second[-4:]] == ["system", "user", "assistant", "tool"]
+    assert second[-3]["content"] == "what is x?"
+    # The tool round only appends: the first request of the turn is a prefix of the second.
+    assert second[: len(first)] == first
+    plan = conv.last_plan
+    assert plan is not None and plan.shared_prefix_messages == len(first)

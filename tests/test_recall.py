@@ -282,7 +282,8 @@ def test_split_is_a_policy_and_visible_in_the_plan() -> None:
     conv = Conversation(
         echo_server(1).client(),
         model="gpt-4o-mini",
-        strategy=Pipeline(recall, Truncate(max_tokens=800)),
+        # A sliding window: block truncation would leave recall more room than its share.
+        strategy=Pipeline(recall, Truncate(max_tokens=800, cache_policy=None)),
     )
     conv.extend(long_log(60, 4, "The garage door code is 4821."))
     plan = conv.preview("What is the garage door code?")

@@ -16,15 +16,19 @@ class Pipeline:
     """Composes strategies into one context with one budget.
 
     ``Pipeline(RollingSummary(), VectorRecall(), Truncate(max_tokens=8000))`` sends, in order:
-    the system prompt, the summary of older turns, recalled turns ("earlier in this
-    conversation"), and the most recent whole turns, all within one budget. The split:
+    the system prompt, the summary of older turns, the most recent whole turns, recalled turns
+    ("earlier in this conversation"), and the new message, all within one budget. The order
+    puts what changes least between calls first, so a provider's prompt cache matches as much
+    as possible (see :attr:`~convmem.plan.ContextPlan.messages`). The split:
 
     - the summary takes what it is (its length is bounded by ``RollingSummary.max_summary_tokens``);
     - recall reserves ``VectorRecall.max_recall_tokens`` (default: a quarter of what is left);
     - recent turns get the rest, newest first; room the recall did not use goes back to them.
 
-    ``Truncate``'s ``max_tokens`` caps the whole prompt; without a ``Truncate`` the window's budget
-    applies and the default recent-turn filler (newest whole turns that fit) is used.
+    ``Truncate``'s ``max_tokens`` caps the whole prompt, and its cache policy (block truncation
+    by default) applies within the room the others leave; without a ``Truncate`` the window's
+    budget applies and the default recent-turn filler (newest whole turns that fit, a sliding
+    window) is used.
 
     Your own strategy (a function of the request, or an object with ``build``, returning a
     :class:`~convmem.strategies.Selection` or turns) takes the place of that filler: its turns

@@ -160,21 +160,17 @@ class RecentTurns:
                 break
             fits.append(turn)
             used += cost
+        previous = self._anchors.get(key)
+        first = candidates[-1].id  # turns before it are summarised (or there are none)
         if len(fits) == len(candidates):
             # Everything fits: send it all (the whole run is a stable prefix too).
-            self._remember(comp, None)
+            self._kept(comp, previous, first, len(candidates))
             return None
-        anchor = self._anchors.get(key)
-        if anchor is not None and fits:
+        if previous is not None and fits:
             # Turns the summary covers now are not candidates: the anchor moves up to the first.
-            anchor = max(anchor, candidates[-1].id)
+            anchor = max(previous, first)
             if anchor >= fits[-1].id:
-                comp.note(
-                    "cache_prefix_kept",
-                    kept_from=anchor,
-                    kept_turns=sum(1 for t in candidates if t.id >= anchor),
-                )
-                self._remember(comp, anchor)
+                self._kept(comp, previous, anchor, sum(1 for t in candidates if t.id >= anchor))
                 return anchor
         # The budget is hit: drop down to the low-water mark.
         low_tokens = int(room * policy.low_water)
@@ -198,10 +194,22 @@ class RecentTurns:
             "cache_block_dropped",
             kept_from=new_anchor,
             kept_turns=len(kept),
-            dropped_turns=len(candidates) - len(kept),
+            dropped_turns=sum(1 for t in candidates if (previous or 0) <= t.id < new_anchor),
             low_water=policy.low_water,
         )
         return new_anchor
+
+    def _kept(self, comp: Composition, previous: int | None, first: int, turns: int) -> None:
+        """Remembers ``first`` as the anchor and says in the plan what stayed stable."""
+        self._remember(comp, first)
+        if previous is None:
+            return  # the conversation's first call under this policy: nothing to compare
+        if first > previous:
+            # The turns before ``first`` went into the summary in one block (a summary component
+            # extended it when the budget was hit, or at its trigger).
+            comp.note("cache_block_summarised", kept_from=first, kept_turns=turns)
+        else:
+            comp.note("cache_prefix_kept", kept_from=first, kept_turns=turns)
 
     def _remember(self, comp: Composition, anchor: int | None) -> None:
         if comp.trial:

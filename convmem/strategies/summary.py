@@ -113,6 +113,9 @@ def summary_message(summary: Summary, role: str = "system") -> Message:
     The summariser's reply is model output built from past text, so it is quoted like recalled
     turns (:mod:`convmem.quoting`): a forged ``</convmem-summary>`` or ``SYSTEM:`` line inside
     it stays inside the quote.
+
+    It depends on the summary record alone (its text and the turns it covers), so it is
+    byte-identical on every call until a new summary is made: a prompt cache matches through it.
     """
     span = f"turns {summary.first}-{summary.through}" if summary.covers else "earlier turns"
     heading = f"Summary of the earlier conversation ({span})"

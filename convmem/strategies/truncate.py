@@ -34,7 +34,8 @@ class Truncate(RecentTurns):
             until the limit is hit again, so the prompt prefix stays the same between calls and
             providers' prompt caches match it (notes ``cache_block_dropped`` and
             ``cache_prefix_kept`` say what was kept stable). ``None``: a sliding window, the
-            newest turns that fit on every call (one old turn dropped per call).
+            newest turns that fit on every call (one old turn dropped per call). In a
+            ``Pipeline`` the policy applies within the room the summary and recall leave.
 
     Raises:
         UsageError: a limit is not a positive int, or the cache policy is not one.
