@@ -338,7 +338,7 @@ def _quiet_model_loading() -> None:
 
 def _bench(args: argparse.Namespace, command: str) -> int:
     from .bench import CATEGORY_NAMES, PROBE_CATEGORIES, generate_probe_set, load_locomo
-    from .bench.report import format_table, notes, write_report
+    from .bench.report import format_table, notes, targets, write_report
     from .bench.runner import build_rows, run_replay
 
     kind = args.bench
@@ -412,6 +412,10 @@ def _bench(args: argparse.Namespace, command: str) -> int:
     print()
     for line in notes(report):
         print(f"  {line}")
+    lines = targets(report)
+    if lines:
+        print()
+        print("\n".join(lines))
     paths = write_report(report, args.out, plot=not args.no_plot)
     print()
     print("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -147,6 +147,11 @@ def _run_probe(tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) 
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "strategy" in printed and "Truncate" in printed and "full history" in printed
+    # The prompt-cache columns, the price they use, and the target checked at each budget.
+    assert (
+        "cacheable" in printed and "cached $/1k q" in printed and "gpt-4o-mini's price" in printed
+    )
+    assert "\nTargets\n" in printed and "Truncate, sliding window" in printed
     for suffix in ("json", "csv", "md"):
         assert (out / f"probe.{suffix}").is_file()
     assert (out / "probe.png").is_file() == ("--no-plot" not in extra)
@@ -161,12 +166,17 @@ def test_probe_end_to_end_without_recall(
 ) -> None:
     data = _run_probe(tmp_path, capsys, "--no-recall", "--no-plot")
     assert [r["key"] for r in data["rows"]] == ["full"] + [
-        f"truncate-{b}" for b in PROBE.quick_budgets
+        f"{k}-{b}" for k in ("truncate", "sliding") for b in PROBE.quick_budgets
     ]
     assert data["settings"]["probe_turns"] == PROBE.quick_turns
     full = data["rows"][0]
     assert full["evidence_recall"] == 1.0
     assert data["rows"][1]["mean_tokens"] <= PROBE.quick_budgets[0]
+    rows = {r["key"]: r for r in data["rows"]}
+    small = PROBE.quick_budgets[0]  # truncation is at work for most of the replay
+    assert (
+        rows[f"truncate-{small}"]["cacheable_share"] > rows[f"sliding-{small}"]["cacheable_share"]
+    )
 
 
 @pytest.mark.recall
@@ -177,7 +187,7 @@ def test_probe_quick_no_summary_end_to_end(
     data = _run_probe(tmp_path, capsys)
     keys = [r["key"] for r in data["rows"]]
     assert keys == ["full"] + [
-        f"{k}-{b}" for k in ("truncate", "recall") for b in PROBE.quick_budgets
+        f"{k}-{b}" for k in ("truncate", "sliding", "recall") for b in PROBE.quick_budgets
     ]
     assert data["settings"]["embedder"].startswith("all-MiniLM-L6-v2")
     for row in data["rows"]:

@@ -34,6 +34,7 @@ def replay_conversation(
     *,
     prepare: bool = False,
     on_turn: Callable[[], None] | None = None,
+    before_turn: Callable[[str], None] | None = None,
 ) -> list[int]:
     """Adds a benchmark conversation to a :class:`~convmem.Conversation`, one turn at a time.
 
@@ -46,12 +47,18 @@ def replay_conversation(
         conversation: What to add.
         prepare: Call ``prepare_next()`` after every turn.
         on_turn: Called after every turn (progress).
+        before_turn: Called with the user message of every turn that has one, before the turn
+            is added: where a live chat would make its call (the prompt-cache columns preview
+            it).
 
     Returns:
         For each benchmark turn index, the id of the convmem turn that holds it.
     """
     turn_map = [0] * len(conversation.turns)
     for group in turn_groups(conversation):
+        first = conversation.turns[group[0]]
+        if before_turn is not None and first.role == "user":
+            before_turn(first.text)
         touched = chat.extend(
             [
                 {"role": conversation.turns[i].role, "content": conversation.turns[i].text}

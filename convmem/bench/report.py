@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from convmem import MissingExtraError
+from convmem.bench.caching import PRICE_MODEL, cache_targets, cost_per_1000, price
 from convmem.bench.results import BenchReport, RowResult, savings
 
 _SHORT_CATEGORY = {
@@ -52,14 +53,25 @@ def _has_summary(report: BenchReport) -> bool:
 def table_rows(report: BenchReport) -> tuple[list[str], list[list[str]]]:
     """The table as a header and rows of cell strings (shared by the text and Markdown forms).
 
-    Columns: strategy, budget, tokens per call, savings vs the full history, evidence recall
-    per category, evidence recall overall, share of questions with all evidence, answer-keyword
-    recall, stale-only share (when some question has a corrected fact), summariser calls and
-    tokens (when a row summarises), wall seconds.
+    Columns: strategy, budget, tokens per call, savings vs the full history, the cacheable share
+    of the replayed calls' prompt tokens and the prompt cost of 1,000 questions without and with
+    prompt caching (at :data:`~convmem.bench.caching.PRICE_MODEL`'s price, see
+    :mod:`convmem.bench.caching`), evidence recall per category, evidence recall overall, share
+    of questions with all evidence, answer-keyword recall, stale-only share (when some question
+    has a corrected fact), summariser calls and tokens (when a row summarises), wall seconds.
     """
     stale = _has_stale(report)
     summary = _has_summary(report)
-    header = ["strategy", "budget", "tokens/call", "savings"]
+    at = price()
+    header = [
+        "strategy",
+        "budget",
+        "tokens/call",
+        "savings",
+        "cacheable",
+        "$/1k q",
+        "cached $/1k q",
+    ]
     header += [_SHORT_CATEGORY.get(c, c) for c in report.categories]
     header += ["evidence", "all ev.", "answer kw"]
     if stale:
@@ -76,6 +88,12 @@ def table_rows(report: BenchReport) -> tuple[list[str], list[list[str]]]:
             _budget(r),
             _int(r.mean_tokens),
             "-" if saved is None or r.spec.kind == "full" else f"{saved:.0%}",
+        ]
+        money = cost_per_1000(r.mean_tokens, r.cacheable_share, at)
+        cells += [
+            "-" if r.cacheable_share is None else f"{r.cacheable_share:.0%}",
+            f"{money.without_cache:.2f}",
+            f"{money.with_cache:.2f}" if r.cacheable_share is not None else "-",
         ]
         cells += [_share(r.evidence_recall(c)) for c in report.categories]
         cells += [_share(r.evidence_recall()), _share(r.all_evidence()), _share(r.keyword_recall())]
@@ -132,6 +150,15 @@ def notes(report: BenchReport) -> list[str]:
         "Answer kw: share of the gold answer's content words found in the context (the only "
         "credit a summary gets: summarised turns are not 'sent').",
     ]
+    at = price()
+    out.append(
+        "Cacheable: share of prompt tokens in a prefix shared with the previous call (what a "
+        "provider's prompt cache can serve), over the calls a live chat makes during the replay "
+        "(one per user turn, previewed before the turn is added). $/1k q: prompt cost of 1,000 "
+        f"questions at the row's tokens/call, at {PRICE_MODEL}'s price (${at.input:g} per million "
+        f"input tokens, ${at.cached_input:g} cached; convmem.pricing); cached: with the cacheable "
+        "share at the cached price. Summariser calls and replies are not included."
+    )
     if "roles" in s:
         out.append(f"Roles: {s['roles']}.")
     if _has_stale(report):
@@ -167,6 +194,15 @@ def notes(report: BenchReport) -> list[str]:
     return out
 
 
+def targets(report: BenchReport) -> list[str]:
+    """The issue's prompt-cache target checked at each budget (empty without both a default
+    and a sliding-window ``Truncate`` row at some budget): lines after a ``Targets`` heading."""
+    checks = cache_targets(report)
+    if not checks:
+        return []
+    return ["Targets", *(f"  {c.describe()}" for c in checks)]
+
+
 def to_markdown(report: BenchReport) -> str:
     """A Markdown section: the command, the table and its notes (what the README shows)."""
     parts = [f"## convmem bench: {report.name}", ""]
@@ -174,6 +210,9 @@ def to_markdown(report: BenchReport) -> str:
         parts += ["```", report.command, "```", ""]
     parts += [format_markdown_table(report), ""]
     parts += [f"- {n}" for n in notes(report)]
+    lines = targets(report)
+    if lines:
+        parts += ["", f"{lines[0]}:", *(f"- {line.strip()}" for line in lines[1:])]
     return "\n".join(parts) + "\n"
 
 
@@ -212,6 +251,10 @@ def to_csv(report: BenchReport) -> str:
         "summary_reused",
         "summary_seconds",
         "wall_seconds",
+        "replayed_calls",
+        "replayed_prompt_tokens",
+        "replayed_shared_tokens",
+        "cacheable_share",
     ]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
@@ -229,10 +272,18 @@ def to_csv(report: BenchReport) -> str:
     return buf.getvalue()
 
 
-_MARKERS = {"full": "*", "truncate": "o", "recall": "s", "summary": "^", "summary+recall": "D"}
+_MARKERS = {
+    "full": "*",
+    "truncate": "o",
+    "recall": "s",
+    "summary": "^",
+    "summary+recall": "D",
+    "sliding": "v",
+}
 _SHORT_KIND = {
     "full": "full",
     "truncate": "trunc",
+    "sliding": "sliding",
     "recall": "recall",
     "summary": "summ",
     "summary+recall": "summ+rec",

@@ -95,6 +95,10 @@ class RowResult:
         summary_seconds: Time of the summariser calls, reused ones at their original time.
         wall_seconds: Time to replay and score the row, reused summariser calls counted at
             their original time, so the figure is what the row costs on its own.
+        replayed_calls: Calls previewed during the replay, one per user turn (see
+            :mod:`convmem.bench.caching`).
+        replayed_prompt_tokens: Their prompt tokens (messages, convmem's count).
+        replayed_shared_tokens: Of those, the tokens in a prefix shared with the previous call.
     """
 
     spec: RowSpec
@@ -107,6 +111,9 @@ class RowResult:
     summary_reused: int = 0
     summary_seconds: float = 0.0
     wall_seconds: float = 0.0
+    replayed_calls: int = 0
+    replayed_prompt_tokens: int = 0
+    replayed_shared_tokens: int = 0
 
     def _select(self, category: str | None) -> list[QuestionResult]:
         return [q for q in self.questions if category is None or q.category == category]
@@ -115,6 +122,14 @@ class RowResult:
     def mean_tokens(self) -> float:
         """Mean estimated prompt tokens per question (0.0 without questions)."""
         return statistics.fmean(q.tokens for q in self.questions) if self.questions else 0.0
+
+    @property
+    def cacheable_share(self) -> float | None:
+        """Share of the replayed calls' prompt tokens in a prefix shared with the previous
+        call (what a provider's prompt cache can serve); None when no call was replayed."""
+        if not self.replayed_prompt_tokens:
+            return None
+        return self.replayed_shared_tokens / self.replayed_prompt_tokens
 
     @property
     def summary_tokens(self) -> int:
@@ -174,6 +189,10 @@ class RowResult:
             "summary_reused": self.summary_reused,
             "summary_seconds": round(self.summary_seconds, 3),
             "wall_seconds": round(self.wall_seconds, 3),
+            "replayed_calls": self.replayed_calls,
+            "replayed_prompt_tokens": self.replayed_prompt_tokens,
+            "replayed_shared_tokens": self.replayed_shared_tokens,
+            "cacheable_share": _round(self.cacheable_share),
         }
 
 

@@ -15,12 +15,15 @@ from typing import Any
 
 from convmem import KeepAll, Strategy, UsageError
 
-ROW_KINDS: tuple[str, ...] = ("full", "truncate", "recall", "summary", "summary+recall")
-"""Row kinds, in the order rows are run and reported."""
+ROW_KINDS: tuple[str, ...] = ("full", "truncate", "sliding", "recall", "summary", "summary+recall")
+"""Row kinds, in the order rows are run and reported. ``truncate`` is ``Truncate`` with its
+defaults (block truncation for prompt caches); ``sliding`` is the naive sliding window next to
+it (``Truncate(cache_policy=None)``)."""
 
 ROW_LABELS: dict[str, str] = {
     "full": "full history",
     "truncate": "Truncate",
+    "sliding": "Truncate, sliding window",
     "recall": "VectorRecall + recent",
     "summary": "RollingSummary",
     "summary+recall": "RollingSummary + recall",
@@ -114,6 +117,7 @@ def build_rows(
     sums = sorted(set(main if summary_budgets is None else summary_budgets))
     rows = [RowSpec("full")]
     rows += [RowSpec("truncate", b) for b in main]
+    rows += [RowSpec("sliding", b) for b in main]
     if recall:
         rows += [RowSpec("recall", b) for b in main]
     if summary:
@@ -172,15 +176,13 @@ def row_strategy(
     assert spec.budget is not None
     budget = spec.budget
     if spec.kind == "truncate":
+        return Truncate(max_tokens=budget), FULL_WINDOW, None
+    if spec.kind == "sliding":
         return Truncate(max_tokens=budget, cache_policy=None), FULL_WINDOW, None
     if spec.uses_recall and recall is None:
         raise UsageError(f"row {spec.key!r} needs the shared VectorRecall (recall=...)")
     if spec.kind == "recall":
-        return (
-            Pipeline(recall, Truncate(max_tokens=budget, cache_policy=None)),
-            FULL_WINDOW,
-            None,
-        )
+        return Pipeline(recall, Truncate(max_tokens=budget)), FULL_WINDOW, None
     if summarizer is None:
         raise UsageError(f"row {spec.key!r} needs a summarizer")
     summary = RollingSummary(
@@ -193,11 +195,7 @@ def row_strategy(
     window = budget + reply_reserve
     if spec.kind == "summary":
         return summary, window, reply_reserve
-    return (
-        Pipeline(summary, recall, Truncate(max_tokens=budget, cache_policy=None)),
-        window,
-        reply_reserve,
-    )
+    return Pipeline(summary, recall, Truncate(max_tokens=budget)), window, reply_reserve
 
 
 __all__ = [

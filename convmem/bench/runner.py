@@ -7,10 +7,14 @@ after every turn, which makes the summary the next call would need, as a live ch
 the last turn every question is previewed as the next user message (``conv.preview``: no model
 call), and the :class:`~convmem.plan.ContextPlan` is scored (tokens, evidence recall, answer
 keywords, stale values: see :mod:`convmem.bench.scoring`), every row's tokens counted by one
-``cl100k_base`` counter.
+``cl100k_base`` counter. Before each turn is added, the call a live chat would make for it is
+previewed too, to measure the share of prompt tokens a provider's prompt cache could serve
+(:mod:`convmem.bench.caching`).
 
-Rows (:class:`RowSpec`): the full history (``KeepAll``), ``Truncate(max_tokens=B)``,
-``Pipeline(VectorRecall(), Truncate(max_tokens=B))``, ``RollingSummary`` in a window of
+Rows (:class:`RowSpec`): the full history (``KeepAll``), ``Truncate(max_tokens=B)`` (its
+default block truncation) and next to it the sliding window ``Truncate(max_tokens=B,
+cache_policy=None)``, ``Pipeline(VectorRecall(), Truncate(max_tokens=B))``, ``RollingSummary``
+in a window of
 ``B + reply_reserve`` (so every row's prompt budget is ``B``; the summary fires at 70% of the
 window) and ``Pipeline(RollingSummary(), VectorRecall(), Truncate(max_tokens=B))``.
 
@@ -46,7 +50,15 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from convmem import RunError, Strategy, TiktokenCounter, TokenCounter, UsageError
+from convmem import (
+    ContextOverflowError,
+    RunError,
+    Strategy,
+    TiktokenCounter,
+    TokenCounter,
+    UsageError,
+)
+from convmem.bench.caching import PrefixMeter
 from convmem.bench.data import BenchConversation
 from convmem.bench.memo import CallStats, CountingClient, Memo, MemoEmbedder
 from convmem.bench.replay import replay_conversation, turn_groups
@@ -285,7 +297,22 @@ class ReplayRunner:
                     raise _Cancelled
                 progress.update()
 
-            turn_map = replay_conversation(chat, conv, prepare=spec.uses_summary, on_turn=on_turn)
+            meter = PrefixMeter(self.counter)
+
+            def before_turn(text: str, chat: Any = chat, meter: PrefixMeter = meter) -> None:
+                # The call a live chat makes for this turn: its prefix shared with the last.
+                try:
+                    plan = chat.preview(text)
+                except ContextOverflowError:
+                    return  # a live chat's call would fail here: nothing sent, nothing cached
+                meter.measure(plan.messages)
+
+            turn_map = replay_conversation(
+                chat, conv, prepare=spec.uses_summary, on_turn=on_turn, before_turn=before_turn
+            )
+            result.replayed_calls += meter.calls
+            result.replayed_prompt_tokens += meter.prompt_tokens
+            result.replayed_shared_tokens += meter.shared_tokens
             part_map = [0] * len(conv.turns)
             for group in turn_groups(conv):
                 for position, i in enumerate(group):
