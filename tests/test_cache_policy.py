@@ -306,3 +306,34 @@ def test_recalled_section_stays_before_the_user_message_through_tool_rounds() ->
     assert second[: len(first)] == first
     plan = conv.last_plan
     assert plan is not None and plan.shared_prefix_messages == len(first)
+
+
+class _RecallsNothing:
+    """A recall component that reserves half the room and finds nothing to send."""
+
+    role = "recall"
+
+    def reserve(self, comp: Any) -> int:
+        return int(comp.remaining // 2)
+
+    def contribute(self, comp: Any) -> None:
+        pass
+
+
+def test_room_recall_leaves_still_goes_to_older_turns_under_the_block_policy() -> None:
+    def kept(policy: BlockTruncation | None) -> list[list[int]]:
+        server = FakeChatServer()
+        server.respond_with(lambda body: "ok " * 10, times=25)
+        conv = Conversation(
+            server.client(), model="gpt-4o-mini", system="sys",
+            strategy=Pipeline(_RecallsNothing(), Truncate(max_tokens=400, cache_policy=policy)),
+        )  # fmt: skip
+        out = []
+        for i in range(25):
+            conv.send(f"question {i} " + "text " * 15)
+            assert conv.last_plan is not None
+            out.append(conv.last_plan.kept)
+        return out
+
+    # Evidence first: what recall does not use is filled as a sliding window fills it.
+    assert kept(DEFAULT_CACHE_POLICY) == kept(None)

@@ -12,8 +12,7 @@ Every built-in strategy is a *component* with one of three roles, and contribute
    truncation for prompt caches; any object with ``role = "recent"`` and ``contribute``
    replaces it);
 4. recall components fill their reserve with the best matching turns that are not already sent;
-5. the filler tops up with older turns if the recall left room (never below the first turn a
-   cache policy keeps fixed).
+5. the filler tops up with older turns if the recall left room.
 
 Whatever is left undecided is ``dropped`` (``dropped, not summarised`` when a summary component
 was there to cover it). Each strategy's own ``build`` is a composition of itself and the default

@@ -14,7 +14,7 @@ from typing import Literal
 
 from ..errors import UsageError
 from ..history import Turn
-from .composition import Composition
+from .composition import Composition, role_of
 
 
 def fill_recent(
@@ -63,10 +63,11 @@ class BlockTruncation:
     In a ``Pipeline`` the room is what the summary and the recall reserve leave: a block drop
     moves the recent turns past turns the summary does not cover yet, so the summary is
     extended once, at the drop, and both then stay the same until the next drop. Room the
-    recall leaves unused is not filled with turns older than the first kept one (that would
-    move the start of the recent turns on every call); the recalled section, which changes
-    with every question, is sent after the recent turns, next to the new message (see
-    :class:`~convmem.plan.ContextPlan.messages`).
+    recall leaves unused still goes to older turns (evidence first), so with recall the start
+    of the recent turns stays fixed only while recall fills its share; the recalled section,
+    which changes with every question, is sent after the recent turns, next to the new
+    message (see :attr:`~convmem.plan.ContextPlan.messages`), so it never breaks the prefix
+    before it.
 
     The state (the first kept turn per ``conversation_id``) lives in the strategy object and is
     not persisted: after a restart the next call recomputes it.
@@ -128,11 +129,21 @@ class RecentTurns:
 
     def contribute(self, comp: Composition) -> None:
         policy = self.cache_policy
-        if policy is not None and not comp.recent_floor_set:
-            # Chosen on the first pass (recall reserve held back) and kept for the top-up.
+        if policy is None:
+            fill_recent(comp, max_turns=self.max_turns)
+            return
+        if not comp.recent_floor_set:
+            # Chosen on the first pass, with the recall reserve held back.
             comp.recent_floor = self._choose_floor(comp, policy)
             comp.recent_floor_set = True
-        fill_recent(comp, max_turns=self.max_turns, floor=comp.recent_floor)
+            fill_recent(comp, max_turns=self.max_turns, floor=comp.recent_floor)
+            return
+        # The top-up after recall: room the recalled section left goes to older turns, as
+        # without the policy (evidence first: measured on the probe set, holding it back cost
+        # up to a fifth of the evidence). It varies with what recall found, so in a pipeline
+        # with recall the start of the recent turns stays fixed only while recall fills its share.
+        recall = any(role_of(c) == "recall" for c in comp.components)
+        fill_recent(comp, max_turns=self.max_turns, floor=None if recall else comp.recent_floor)
 
     def _choose_floor(self, comp: Composition, policy: BlockTruncation) -> int | None:
         """The id of the oldest turn to keep this call (``None``: no floor).
