@@ -343,6 +343,8 @@ def test_latency_bench_plumbing() -> None:
     row = result.row()
     assert row["turns"] == 3 and row["p50_s"] is not None
     assert out.getvalue().count("turn") == 3
+    assert [t["turn"] for t in result.turns] == [1, 2, 3]
+    assert all(t["summary_calls"] == 0 and t["prompt_tokens"] for t in result.turns)
 
 
 def sixty_turn_replies() -> Any:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -68,6 +69,9 @@ class SetupResult:
     warm_seconds: float | None = None
     summaries: int = 0
     summary_calls_blocking: int = 0
+    #: Per turn: seconds, summariser calls made in the call and their seconds, the prompt
+    #: tokens the server reported and how many of them it served from its prompt cache.
+    turns: list[dict[str, Any]] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
         lat = sorted(self.latencies)
@@ -137,9 +141,25 @@ def run_setup(
             conv.send(text, max_tokens=reply_tokens, temperature=0)
             elapsed = time.perf_counter() - t0
             result.latencies.append(elapsed)
-            if conv.usage.summary_calls > before and conv.last_plan is not None:
-                result.summary_calls_blocking += len(conv.last_plan.summary_calls)
-            print(f"  {setup:<16} turn {i + 1:>3}: {elapsed:6.2f} s", file=out, flush=True)
+            plan = conv.last_plan
+            calls = plan.summary_calls if plan is not None else []
+            if conv.usage.summary_calls > before:
+                result.summary_calls_blocking += len(calls)
+            turn = {
+                "turn": i + 1,
+                "seconds": round(elapsed, 3),
+                "summary_calls": len(calls),
+                "summary_seconds": round(sum(c.seconds for c in calls), 3),
+                "prompt_tokens": plan.reported_prompt_tokens if plan is not None else None,
+                "cached_tokens": plan.cached_tokens if plan is not None else None,
+            }
+            result.turns.append(turn)
+            detail = f"prompt {turn['prompt_tokens']} tokens, {turn['cached_tokens']} cached"
+            if calls:
+                detail += f"; summary in this call: {turn['summary_seconds']:.2f} s"
+            print(
+                f"  {setup:<16} turn {i + 1:>3}: {elapsed:6.2f} s  ({detail})", file=out, flush=True
+            )
             if think:
                 time.sleep(think)
         conv.drain()
@@ -147,6 +167,14 @@ def run_setup(
     finally:
         conv.close()
     return result
+
+
+def _load() -> str:
+    """The 1/5/15-minute load averages when the set-up ended (other jobs share the CPUs)."""
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     from convmem.localserver import LocalModelServer
 
     rows = []
+    per_turn: dict[str, list[dict[str, Any]]] = {}
     print("convmem bench latency: starting the local model (llama.cpp, SmolLM2-135M) ...")
     with LocalModelServer() as server:
         for setup in setups:
@@ -193,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
                 reply_tokens=args.reply_tokens,
                 think=args.think if setup == "warm+background" else 0.0,
             )
-            rows.append(result.row())
+            row = result.row()
+            row["load_avg"] = _load()
+            rows.append(row)
+            per_turn[setup] = result.turns
     print()
     header = list(rows[0])
     print(" | ".join(header))
@@ -202,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         print(" | ".join("" if row[k] is None else str(row[k]) for k in header))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"rows": rows, "turns": args.turns}, f, indent=2)
+            json.dump({"rows": rows, "turns": args.turns, "per_turn": per_turn}, f, indent=2)
     return 0
 
 
