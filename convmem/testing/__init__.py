@@ -38,6 +38,8 @@ loopback lives in :mod:`convmem.localserver`.
 
 from .server import FakeChatServer
 from .specs import ChoiceSpec, ToolCallSpec
+from .specs import ToolCallLike as ToolCallLike  # type aliases of reply(); not in __all__
+from .specs import UsageSpec as UsageSpec
 from .wire import CREATED, estimate_tokens
 
 __all__ = [
