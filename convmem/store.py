@@ -13,12 +13,13 @@ Similarity is cosine; a :class:`RecallHit`'s ``score`` is the cosine similarity
     store.add([StoredTurn("conv-1", 0, "I live in Lyon", time.time())], embed(["I live in Lyon"]))
     hits = store.query("conv-1", embed(["where do I live?"])[0], k=4)
 
-``chromadb`` is imported only when a store is created.
+``chromadb`` is imported only when a store is created. Opening Chroma clients (and the lock on
+a persistent directory) is :mod:`convmem.chroma`; the in-memory exact search of one
+conversation's vectors, and :class:`RecallHit`, are :mod:`convmem.vector_index`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
@@ -29,7 +30,18 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import MissingExtraError, UsageError
+from .chroma import (
+    DirectoryLock,
+    ephemeral_admin,
+    ephemeral_client,
+    import_chromadb,
+    is_http,
+    open_client,
+    persist_directory,
+    release,
+)
+from .errors import UsageError
+from .vector_index import ConversationIndex, RecallHit, vector
 
 if TYPE_CHECKING:
     from .lexical import LexicalHit, LexicalIndex, LexicalUnit
@@ -63,191 +75,6 @@ class StoredTurn:
     text: str
     created_at: float
     part: int = 0
-
-
-@dataclass(frozen=True)
-class RecallHit:
-    """A stored turn returned by :meth:`TurnStore.query`.
-
-    Attributes:
-        conversation_id: The conversation it belongs to (always the one queried).
-        turn_id: Its index in that conversation's history.
-        text: The stored text.
-        created_at: When the turn finished, seconds since the epoch.
-        score: Cosine similarity to the query, in ``[-1, 1]``; higher is closer.
-        part: The unit of the turn (see :attr:`StoredTurn.part`).
-    """
-
-    conversation_id: str
-    turn_id: int
-    text: str
-    created_at: float
-    score: float
-    part: int = 0
-
-
-def _import_chromadb() -> Any:
-    try:
-        import chromadb
-    except ImportError as exc:
-        raise MissingExtraError("vector recall", "recall", "chromadb") from exc
-    return chromadb
-
-
-def _open(factory: Callable[..., Any], chromadb: Any, **kwargs: Any) -> tuple[Any, Any]:
-    """Calls a Chroma client factory with default settings; returns ``(client, settings)``.
-
-    Chroma keeps one system per store per process and refuses a second client whose settings
-    differ ("An instance of Chroma already exists ... with different settings"). Default
-    settings let a user's own ``chromadb.EphemeralClient()`` (opened before or after ours)
-    share the system. Telemetry is a no-op in the Chroma versions convmem supports (1.5+).
-    If the user opened the store with telemetry off, share that instead.
-    """
-    settings = chromadb.config.Settings()
-    try:
-        return factory(settings=settings, **kwargs), settings
-    except ValueError as exc:
-        if "different settings" not in str(exc):
-            raise
-        fallback = chromadb.config.Settings(anonymized_telemetry=False)
-        try:
-            return factory(settings=fallback, **kwargs), fallback
-        except ValueError:
-            raise UsageError(
-                "this Chroma store is already open in this process with other settings; "
-                "pass that client as TurnStore(client=...)"
-            ) from exc
-
-
-def ephemeral_client() -> Any:
-    """A Chroma in-memory client that coexists with any other opened in this process.
-
-    Raises:
-        MissingExtraError: ``chromadb`` is not installed.
-    """
-    chromadb = _import_chromadb()
-    client, _ = _open(chromadb.EphemeralClient, chromadb)
-    return client
-
-
-def _is_http(client: Any) -> bool:
-    get = getattr(client, "get_settings", None)
-    try:
-        impl = str(getattr(get(), "chroma_api_impl", "")) if callable(get) else ""
-    except Exception:
-        return False
-    return impl.endswith("FastAPI")
-
-
-def _persist_directory(client: Any) -> str | None:
-    """The directory of an embedded persistent Chroma client; None for any other client."""
-    get = getattr(client, "get_settings", None)
-    if not callable(get):
-        return None
-    try:
-        settings = get()
-    except Exception:
-        return None
-    if not getattr(settings, "is_persistent", False):
-        return None
-    if getattr(settings, "chroma_api_impl", "") == "chromadb.api.fastapi.FastAPI":
-        return None  # an HttpClient: the server owns the directory
-    directory = getattr(settings, "persist_directory", None)
-    return os.path.abspath(directory) if directory else None
-
-
-class _DirectoryLock:
-    """An exclusive lock on a persistent Chroma directory, shared within this process.
-
-    ``flock`` on ``<directory>/convmem.lock``: released by the kernel when the process dies,
-    so a crash never leaves the directory locked. Every store of this process on the same
-    directory shares one lock (Chroma shares one system per directory in a process, too).
-    """
-
-    _held: dict[str, tuple[Any, int]] = {}  # noqa: RUF012 - process-wide registry
-    _guard = threading.Lock()
-
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
-        self._released = False
-
-    @classmethod
-    def acquire(cls, directory: str) -> _DirectoryLock:
-        with cls._guard:
-            held = cls._held.get(directory)
-            if held is not None:
-                cls._held[directory] = (held[0], held[1] + 1)
-                return cls(directory)
-            try:
-                import fcntl
-            except ImportError:  # no flock (Windows): Chroma's own file locking applies
-                cls._held[directory] = (None, 1)
-                return cls(directory)
-            os.makedirs(directory, exist_ok=True)
-            f = open(os.path.join(directory, "convmem.lock"), "a+")  # noqa: SIM115
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                f.close()
-                raise UsageError(
-                    f"the Chroma directory {directory!r} is open in another process; an "
-                    "embedded PersistentClient serves one process only (two writers lose "
-                    "vectors). For several processes run `chroma run --path DIR` and pass "
-                    "chromadb.HttpClient(host=..., port=...) with TurnStore(cache=False)"
-                ) from None
-            f.seek(0)
-            f.truncate()
-            f.write(str(os.getpid()))
-            f.flush()
-            cls._held[directory] = (f, 1)
-            return cls(directory)
-
-    def release(self) -> None:
-        with self._guard:
-            if self._released:
-                return
-            self._released = True
-            f, n = self._held[self.directory]
-            if n > 1:
-                self._held[self.directory] = (f, n - 1)
-                return
-            del self._held[self.directory]
-            if f is not None:
-                f.close()  # closing the descriptor releases the flock
-
-
-# One admin client for the process, to create and drop the private in-memory databases of
-# TurnStore(client=None). Chroma admin clients have no close(), so one per store would leak.
-_ADMIN: tuple[Any, Any] | None = None
-_ADMIN_LOCK = threading.Lock()
-
-
-def _ephemeral_admin(chromadb: Any) -> tuple[Any, Any]:
-    global _ADMIN
-    with _ADMIN_LOCK:
-        if _ADMIN is None:
-            _ADMIN = _open(chromadb.AdminClient, chromadb)
-        return _ADMIN
-
-
-def _release(
-    client: Any, admin: Any, database: str | None, lock: Any = None, lexical: Any = None
-) -> None:
-    # Runs from close() or the garbage collector, possibly at interpreter exit: never raise.
-    # Best effort is enough: what is left behind is in memory and dies with the process.
-    if lexical is not None:
-        with contextlib.suppress(Exception):
-            lexical.close()
-    if lock is not None:
-        with contextlib.suppress(Exception):
-            lock.release()
-    if admin is not None and database is not None:
-        with contextlib.suppress(Exception):
-            admin.delete_database(database)
-    close = getattr(client, "close", None)
-    if close is not None:
-        with contextlib.suppress(Exception):
-            close()
 
 
 class TurnStore:
@@ -312,17 +139,17 @@ class TurnStore:
                 f"invalid collection name {collection!r}: Chroma needs 3-512 characters "
                 "from [a-zA-Z0-9._-], starting and ending with a letter or digit"
             )
-        chromadb = _import_chromadb()
+        chromadb = import_chromadb()
         owned_admin: Any = None
         database: str | None = None
         owns_client = True
         if client is None:
-            owned_admin, settings = _ephemeral_admin(chromadb)
+            owned_admin, settings = ephemeral_admin(chromadb)
             database = f"convmem_{uuid.uuid4().hex}"
             owned_admin.create_database(database)
             client = chromadb.EphemeralClient(settings=settings, database=database)
         elif isinstance(client, (str, os.PathLike)):
-            client, _ = _open(chromadb.PersistentClient, chromadb, path=os.fspath(client))
+            client, _ = open_client(chromadb.PersistentClient, chromadb, path=os.fspath(client))
         elif callable(getattr(client, "get_or_create_collection", None)):
             owns_client = False
         else:
@@ -332,21 +159,21 @@ class TurnStore:
             )
         self._client = client
         self._name = collection
-        self._cache_enabled = (not _is_http(client)) if cache is None else bool(cache)
-        self._indexes: dict[str, _ConversationIndex] = {}
+        self._cache_enabled = (not is_http(client)) if cache is None else bool(cache)
+        self._indexes: dict[str, ConversationIndex] = {}
         self._index_lock = threading.Lock()
         self._lexical: LexicalIndex | None = None
         self._lexical_synced: set[str] = set()
-        directory = _persist_directory(client)
+        directory = persist_directory(client)
         lock = None
         try:
-            lock = _DirectoryLock.acquire(directory) if directory is not None else None
+            lock = DirectoryLock.acquire(directory) if directory is not None else None
         except BaseException:
             if owns_client:
-                _release(client, owned_admin, database)
+                release(client, owned_admin, database)
             raise
         self._finalizer = weakref.finalize(
-            self, _release, client if owns_client else None, owned_admin, database, lock
+            self, release, client if owns_client else None, owned_admin, database, lock
         )
         self._closed = False
         try:
@@ -363,7 +190,7 @@ class TurnStore:
                 self._finalizer.detach()
                 self._finalizer = weakref.finalize(
                     self,
-                    _release,
+                    release,
                     client if owns_client else None,
                     owned_admin,
                     database,
@@ -455,7 +282,7 @@ class TurnStore:
             self._call(
                 self._collection.upsert,
                 ids=[key for key, _ in chunk],
-                embeddings=[_vector(vec) for _, (_, vec) in chunk],
+                embeddings=[vector(vec) for _, (_, vec) in chunk],
                 metadatas=[
                     {
                         "conversation_id": turn.conversation_id,
@@ -521,7 +348,7 @@ class TurnStore:
         excluded = sorted({int(t) for t in exclude_turn_ids})
         if self._cache_enabled:
             return self._index(conversation_id).search(
-                conversation_id, _vector(embedding), k=k, min_score=min_score, excluded=excluded
+                conversation_id, vector(embedding), k=k, min_score=min_score, excluded=excluded
             )
         where: dict[str, Any] = {"conversation_id": conversation_id}
         if excluded:
@@ -530,7 +357,7 @@ class TurnStore:
         # fewer rows (0.4.x warned); an empty result is [[]].
         result = self._call(
             self._collection.query,
-            query_embeddings=[_vector(embedding)],
+            query_embeddings=[vector(embedding)],
             n_results=k,
             where=where,
             include=["documents", "metadatas", "distances"],
@@ -726,7 +553,7 @@ class TurnStore:
     def __repr__(self) -> str:
         return f"TurnStore(collection={self._name!r}, client={type(self._client).__name__})"
 
-    def _index(self, conversation_id: str) -> _ConversationIndex:
+    def _index(self, conversation_id: str) -> ConversationIndex:
         """The conversation's in-memory index, loaded from Chroma on first use."""
         with self._index_lock:
             index = self._indexes.get(conversation_id)
@@ -735,7 +562,7 @@ class TurnStore:
                     where={"conversation_id": conversation_id},
                     include=["embeddings", "documents", "metadatas"],
                 )
-                index = _ConversationIndex()
+                index = ConversationIndex()
                 embeddings = result.get("embeddings")
                 if embeddings is None:
                     embeddings = []
@@ -762,95 +589,11 @@ class TurnStore:
     def _call(self, method: Callable[..., Any], **kwargs: Any) -> Any:
         # Chroma reports bad vectors (wrong dimension, NaN) as InvalidArgumentError; they are
         # the caller's mistake, so they surface as UsageError with Chroma's message.
-        errors = _import_chromadb().errors
+        errors = import_chromadb().errors
         try:
             return method(**kwargs)
         except errors.InvalidArgumentError as exc:
             raise UsageError(f"Chroma refused the request on {self._name!r}: {exc}") from exc
-
-
-class _ConversationIndex:
-    """One conversation's vectors in memory, searched exactly (cosine) with numpy."""
-
-    def __init__(self) -> None:
-        self.turn_ids: list[int] = []
-        self.parts: list[int] = []
-        self.texts: list[str] = []
-        self.created: list[float] = []
-        self.row_of: dict[tuple[int, int], int] = {}
-        self.rows_of_turn: dict[int, list[int]] = {}
-        self._rows: list[Any] = []  # unit vectors, stacked lazily
-        self._matrix: Any = None
-
-    def upsert(
-        self, turn_id: int, part: int, text: str, created_at: float, vector: Sequence[float]
-    ) -> None:
-        import numpy as np
-
-        vec = np.asarray(vector, dtype=np.float32)
-        norm = float(np.linalg.norm(vec))
-        unit = vec / norm if norm > 0 else vec
-        row = self.row_of.get((turn_id, part))
-        if row is None:
-            row = self.row_of[(turn_id, part)] = len(self.turn_ids)
-            self.rows_of_turn.setdefault(turn_id, []).append(row)
-            self.turn_ids.append(turn_id)
-            self.parts.append(part)
-            self.texts.append(text)
-            self.created.append(created_at)
-            self._rows.append(unit)
-        else:
-            self.texts[row] = text
-            self.created[row] = created_at
-            self._rows[row] = unit
-            if self._matrix is not None and row < self._matrix.shape[0]:
-                self._matrix[row] = unit
-
-    def search(
-        self,
-        conversation_id: str,
-        query: list[float],
-        *,
-        k: int,
-        min_score: float | None,
-        excluded: Sequence[int],
-    ) -> list[RecallHit]:
-        import numpy as np
-
-        if not self.turn_ids:
-            return []
-        if self._matrix is None:
-            self._matrix = np.vstack(self._rows)
-        elif self._matrix.shape[0] < len(self._rows):
-            # Appended since the last search (the usual case: one turn per call): stack only
-            # the new rows instead of the whole conversation again.
-            self._matrix = np.vstack([self._matrix, *self._rows[self._matrix.shape[0] :]])
-        q = np.asarray(query, dtype=np.float32)
-        if q.shape[0] != self._matrix.shape[1]:
-            raise UsageError(
-                f"query vector has dimension {q.shape[0]}, stored vectors {self._matrix.shape[1]}"
-            )
-        norm = float(np.linalg.norm(q))
-        scores = self._matrix @ (q / norm if norm > 0 else q)
-        for turn_id in excluded:
-            for row in self.rows_of_turn.get(turn_id, ()):
-                scores[row] = -np.inf
-        n = min(k, len(self.turn_ids))
-        top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
-        hits = [
-            RecallHit(
-                conversation_id=conversation_id,
-                turn_id=self.turn_ids[i],
-                text=self.texts[i],
-                created_at=self.created[i],
-                score=max(-1.0, min(1.0, float(scores[i]))),
-                part=self.parts[i],
-            )
-            for i in top
-            if np.isfinite(scores[i]) and (min_score is None or scores[i] >= min_score)
-        ]
-        hits.sort(key=lambda hit: (-hit.score, hit.turn_id, hit.part))
-        return hits
 
 
 def _turn_key(conversation_id: str, turn_id: int, part: int = 0) -> str:
@@ -868,20 +611,6 @@ def _lexical_unit(turn: StoredTurn) -> LexicalUnit:
 def _check_conversation_id(conversation_id: Any) -> None:
     if not isinstance(conversation_id, str) or not conversation_id:
         raise UsageError(f"conversation_id must be a non-empty str, got {conversation_id!r}")
-
-
-def _vector(values: Sequence[float]) -> list[float]:
-    if isinstance(values, (str, bytes)):
-        raise UsageError("an embedding must be a sequence of numbers, not a string")
-    try:
-        vector = [float(x) for x in values]
-    except (TypeError, ValueError) as exc:
-        raise UsageError("an embedding must be a sequence of numbers") from exc
-    if not vector:
-        raise UsageError("an embedding must not be empty")
-    if not all(math.isfinite(x) for x in vector):
-        raise UsageError("an embedding must hold finite numbers (no NaN or infinity)")
-    return vector
 
 
 __all__ = ["DEFAULT_COLLECTION", "RecallHit", "StoredTurn", "TurnStore", "ephemeral_client"]

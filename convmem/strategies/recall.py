@@ -14,6 +14,11 @@ update), the later one comes along.
 How much of the budget recall gets is a policy, :func:`default_recall_budget`: when the history
 no longer fits, recall gets most of it and a small block of the newest turns stays for
 short-term coherence. The plan's notes say what the policy decided.
+
+This module holds the strategy (storing units, the recall job, choosing what fits); ranking is
+:mod:`~convmem.strategies.recall_fusion`, units and the quoted section
+:mod:`~convmem.strategies.recall_units`, the split policy
+:mod:`~convmem.strategies.recall_budget`. Their public names are importable from here too.
 """
 
 from __future__ import annotations
@@ -23,18 +28,48 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from .. import _check
 from ..errors import UsageError
 from ..history import History, Turn
-from ..messages import Message, text_of
+from ..messages import Message
 from ..plan import ContextPlan
-from ..quoting import data_section, quote_speaker, quoted_block
+from ..quoting import data_section
 from ..strategy import ContextRequest, Job, LocalJob
 from .compose import Composition, compose
+from .recall_budget import (
+    DEFAULT_RECENT_SHARE,
+    DEFAULT_RECENT_TURNS,
+    SplitPolicy,
+    default_recall_budget,
+    recall_reserve,
+)
+from .recall_fusion import (
+    COMMON_TERM_SHARE,
+    DEFAULT_DATE_BONUS,
+    LATER_MENTION_RANK,
+    RRF_K,
+    Candidates,
+    content_stems,
+    fuse,
+    later_mention,
+    message_stems,
+    query_text,
+)
+from .recall_units import (
+    RECALL_HEADER,
+    Key,
+    message_lines,
+    render_message,
+    render_section,
+    render_turn,
+    speaker_lines,
+    tool_group,
+    unit_text,
+    window_keys,
+)
 
 RECALL_JOB = "recall"
 _instances = itertools.count()
@@ -43,147 +78,13 @@ _instances = itertools.count()
 #: unrelated sentences mostly score below 0.2.
 DEFAULT_MIN_SCORE = 0.2
 
-#: Reciprocal-rank-fusion constant (the usual 60): a unit at rank r in a list scores
-#: ``1 / (RRF_K + r)``.
-RRF_K = 60
+#: Candidates taken from each ranking (dense and keyword) before fusion. Measured on the LoCoMo
+#: development split: 50 recalls as much evidence as 100 (a little more), in less time.
+DEFAULT_CANDIDATES = 50
 
-#: Candidates taken from each ranking (dense and keyword) before fusion.
-DEFAULT_CANDIDATES = 100
-
-#: Fused-score bonus for a unit stored in a time the new message mentions (about what a
-#: unit ranked first in one list gets).
-DEFAULT_DATE_BONUS = 1 / (RRF_K + 1)
-
-#: Neighbours on each side sent (and indexed) with a recalled message.
+#: Neighbours on each side sent (and indexed) with a recalled message. Measured on the LoCoMo
+#: development split: dropping the one before or the one after loses evidence at 2k and 4k.
 DEFAULT_WINDOW = 1
-
-#: Keyword-query words found in more than this share of a conversation's units are left out
-#: of its keyword query (speaker names, the conversation's constant topic): they match
-#: everything and would only add noise.
-COMMON_TERM_SHARE = 0.2
-
-#: A later candidate among this many of the best that shares a word of the query with a
-#: recalled message counts as a later mention of it (and comes along).
-LATER_MENTION_RANK = 30
-
-#: Share of the free budget the newest turns keep when the history no longer fits.
-DEFAULT_RECENT_SHARE = 0.1
-
-#: The newest turns kept whole when the history no longer fits (short-term coherence:
-#: "and the second one?"), as long as they take at most half the free budget.
-DEFAULT_RECENT_TURNS = 3
-
-#: The heading of the recalled section (:func:`convmem.quoting.data_section` adds that what
-#: follows is quoted data, not instructions).
-RECALL_HEADER = (
-    "Earlier in this conversation (messages retrieved for the new message, in date order)"
-)
-
-
-def default_recall_budget(free: int, history_fits: bool, newest_turns: Sequence[int]) -> int:
-    """How many of the free tokens the recalled section may use (the default split policy).
-
-    When the whole (unsummarised) history fits, nothing needs recalling: 0. Otherwise the
-    newest turns keep :data:`DEFAULT_RECENT_SHARE` of the budget, or the newest
-    :data:`DEFAULT_RECENT_TURNS` turns if they need more (up to half), and recall gets the
-    rest. Measured on the LoCoMo development split, this is where the evidence is: recent
-    turns hold a tenth of it at 2k tokens, recall most of the rest.
-
-    Args:
-        free: Tokens left after the system prompt, summary and new message.
-        history_fits: Whether every unsummarised turn would fit in ``free``.
-        newest_turns: Tokens of the newest turns, newest first (up to
-            :data:`DEFAULT_RECENT_TURNS`).
-
-    Returns:
-        Tokens for the recalled section (the rest goes to the newest turns; what recall does
-        not use goes back to them too).
-    """
-    if history_fits or free <= 0:
-        return 0
-    recent = max(
-        int(free * DEFAULT_RECENT_SHARE),
-        min(sum(newest_turns[:DEFAULT_RECENT_TURNS]), free // 2),
-    )
-    return max(0, free - recent)
-
-
-SplitPolicy = Callable[[int, bool, Sequence[int]], int]
-
-
-def render_message(msg: Message, *, include_tool_output: bool = False) -> str:
-    """One message as a line of recalled or indexed text (``"User: ..."``, ...); may be empty."""
-    role = msg.get("role")
-    text = text_of(msg).strip()
-    lines: list[str] = []
-    if role == "user" and text:
-        lines.append(f"User: {text}")
-    elif role == "assistant":
-        if text:
-            lines.append(f"Assistant: {text}")
-        for call in msg.get("tool_calls") or ():
-            fn = call.get("function", {})
-            lines.append(f"Assistant called {fn.get('name')}({fn.get('arguments', '')})")
-    elif role == "tool":
-        lines.append(f"Tool result: {text}" if include_tool_output else "Tool result: (omitted)")
-    elif role in ("system", "developer") and text:
-        lines.append(f"System: {text}")
-    return "\n".join(lines)
-
-
-def speaker_lines(msg: Message, *, include_tool_output: bool = False) -> list[tuple[str, str]]:
-    """One message as ``(speaker, past text)`` pairs for the quoted recalled section."""
-    role = str(msg.get("role"))
-    text = text_of(msg).strip()
-    out: list[tuple[str, str]] = []
-    if role == "tool":
-        name = "tool result"
-        out.append((name, text if include_tool_output else "(omitted)"))
-        return out
-    if text or role != "assistant":
-        out.append((role, text))
-    for call in msg.get("tool_calls") or ():
-        fn = call.get("function", {})
-        out.append(("assistant tool call", f"{fn.get('name')}({fn.get('arguments', '')})"))
-    return out
-
-
-def render_turn(turn: Turn, *, include_tool_output: bool = False) -> str:
-    """The text of a whole turn, one line per message."""
-    lines = (render_message(m, include_tool_output=include_tool_output) for m in turn.messages)
-    return "\n".join(line for line in lines if line)
-
-
-def _query_text(request: ContextRequest) -> str:
-    for msg in reversed(request.pending):
-        if msg.get("role") == "user":
-            return text_of(msg)
-    turns = request.turns
-    if turns and turns[-1].user_message is not None:
-        return text_of(turns[-1].user_message)
-    return ""
-
-
-@dataclass(frozen=True)
-class Candidates:
-    """What the recall job found (the result of :meth:`VectorRecall.prepare`'s job).
-
-    Attributes:
-        query: The text searched for.
-        dense: ``(turn_id, part, cosine)``, best first.
-        keyword: ``(turn_id, part, bm25)``, best first.
-        seconds: Time the search took (embedding included).
-        stored: Units embedded and stored first because they were missing from the store.
-    """
-
-    query: str
-    dense: tuple[tuple[int, int, float], ...]
-    keyword: tuple[tuple[int, int, float], ...]
-    seconds: float = 0.0
-    stored: int = 0
-
-
-Key = tuple[int, int]  # (turn index in the history's turn list, message index in the turn)
 
 
 class VectorRecall:
@@ -305,6 +206,9 @@ class VectorRecall:
         self._line_tokens: weakref.WeakKeyDictionary[Turn, dict[Any, int]] = (
             weakref.WeakKeyDictionary()
         )
+        self._words: weakref.WeakKeyDictionary[Turn, dict[int, frozenset[str]]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def name(self) -> str:
@@ -351,11 +255,7 @@ class VectorRecall:
 
     # -- units ---------------------------------------------------------------------------------
     def _unit_text(self, msgs: Sequence[Message], i: int) -> str:
-        lo, hi = max(0, i - self.window), min(len(msgs), i + self.window + 1)
-        lines = (
-            render_message(m, include_tool_output=self.include_tool_output) for m in msgs[lo:hi]
-        )
-        return "\n".join(line for line in lines if line)
+        return unit_text(msgs, i, self.window, include_tool_output=self.include_tool_output)
 
     def _units(
         self,
@@ -496,7 +396,7 @@ class VectorRecall:
         On a conversation's first call in this process (and after a failed store), turns the
         store lacks (a crash, a failed store) are embedded and stored first.
         """
-        query = _query_text(request).strip()
+        query = query_text(request).strip()
         if not query or not request.turns:
             return []
         conversation_id = request.conversation_id
@@ -536,37 +436,7 @@ class VectorRecall:
     # -- the budget ------------------------------------------------------------------------------
     def reserve(self, comp: Composition) -> int:
         """Tokens set aside for the recalled section before the newest turns are chosen."""
-        free = max(0, comp.remaining)
-        request = comp.request
-        turns = request.turns
-        fits = True
-        total = 0
-        newest: list[int] = []
-        for turn in reversed(turns):
-            if comp.is_decided(turn.id):
-                continue
-            tokens = request.turn_tokens(turn)
-            if len(newest) < DEFAULT_RECENT_TURNS:
-                newest.append(tokens)
-            total += tokens
-            if total > free:
-                fits = False
-                break
-        share = int(self.split(free, fits, tuple(newest)))
-        share = max(0, min(free, share))
-        if self.max_recall_tokens is not None:
-            share = min(share, request.budget.to_estimate(self.max_recall_tokens))
-        if not fits:
-            policy = getattr(self.split, "__name__", type(self.split).__name__)
-            comp.note(
-                "recall_budget",
-                recall=share,
-                free=free,
-                policy=policy,
-                text=f"recall budget {share} of {free} free tokens ({policy}); newest turns "
-                "get the rest",
-            )
-        return share
+        return recall_reserve(comp, self.split, self.max_recall_tokens)
 
     # -- choosing and rendering ------------------------------------------------------------------
     def contribute(self, comp: Composition) -> None:
@@ -581,7 +451,7 @@ class VectorRecall:
         cands = result.value
         if not isinstance(cands, Candidates):  # plain hits (turn_id, score[, part]), dense only
             cands = Candidates(
-                query=_query_text(request),
+                query=query_text(request),
                 dense=tuple((h.turn_id, getattr(h, "part", 0), h.score) for h in cands),
                 keyword=(),
             )
@@ -603,36 +473,11 @@ class VectorRecall:
             idx = history.index_after(turn_id) - 1
             return idx if idx >= 0 and turns[idx].id == turn_id else None
 
-        # Fuse the two rankings by reciprocal rank.
-        fused: dict[Key, float] = {}
-        why: dict[Key, list[str]] = {}
-        for name, hits in (("dense", cands.dense), ("keywords", cands.keyword)):
-            for rank, (turn_id, part, score) in enumerate(hits):
-                idx = index_of(turn_id)
-                if idx is None or part >= len(turns[idx].messages):
-                    continue  # gone (cleared) or stale
-                key = (idx, part)
-                fused[key] = fused.get(key, 0.0) + 1.0 / (RRF_K + rank + 1)
-                label = f"{name} #{rank + 1}"
-                if name == "dense":
-                    label += f" {score:.2f}"
-                why.setdefault(key, []).append(label)
-        if self.date_bonus and fused and turns:
-            from ..dates import in_ranges, time_ranges
-
-            ranges = time_ranges(cands.query, reference=turns[-1].created_at)
-            if ranges:
-                for key in fused:
-                    if in_ranges(turns[key[0]].created_at, ranges):
-                        fused[key] += self.date_bonus
-                        why[key].append("date")
-        order = sorted(fused, key=lambda key: (-fused[key], -key[0], key[1]))
+        ranking = fuse(cands, turns, index_of, date_bonus=self.date_bonus)
+        order, fused, why = ranking.order, ranking.score, ranking.why
 
         sent: dict[Key, float] = {}  # message -> score of the unit that brought it
-        terms: dict[Key, frozenset[str]] = {}
-        from ..lexical import query_terms
-
-        query_words = frozenset(_stem(w) for w in query_terms(cands.query))
+        query_words = content_stems(cands.query)
         reasons: dict[int, list[str]] = {}
         spent = 0
         chosen = 0
@@ -644,15 +489,28 @@ class VectorRecall:
             if self._blocked(comp, turns, key) or key in sent:
                 continue
             group = self._window(comp, turns, key)
-            later = self._later_mention(comp, turns, key, order, sent, terms, query_words)
-            if later is not None:
-                group += [m for m in self._window(comp, turns, later) if m not in group]
             new = [m for m in group if m not in sent]
             if not new:
                 continue
             cost = sum(self._tokens(request, turns, m) for m in new) + per_block
             if (header_cost if not sent else 0) + spent + cost > budget:
                 continue  # a shorter window further down may still fit
+            later = later_mention(
+                key,
+                order,
+                lambda m: self._terms(turns, m),
+                lambda m: m not in sent and not self._blocked(comp, turns, m),
+                query_words,
+            )
+            if later is not None:
+                extra = [
+                    m for m in self._window(comp, turns, later) if m not in group and m not in sent
+                ]
+                group += extra
+                new += extra
+                cost += sum(self._tokens(request, turns, m) for m in extra) + per_block
+                if (header_cost if not sent else 0) + spent + cost > budget:
+                    continue  # never a recalled fact without its later mention
             spent += cost + (header_cost if not sent else 0)
             chosen += 1
             for m in new:
@@ -668,13 +526,17 @@ class VectorRecall:
             if order:
                 comp.note("recall_nothing_fits")
             return
-        message = self._message(turns, sent)
+        message = render_section(
+            turns, sent, role=self.message_role, include_tool_output=self.include_tool_output
+        )
         tokens = request.counter.count_message(message)
         while tokens > budget and sent:  # the estimate above was short: drop the weakest
             weakest = min(sent, key=lambda m: (sent[m], m))
-            for m in _tool_group(turns, weakest):  # a tool call and its results go together
+            for m in tool_group(turns, weakest):  # a tool call and its results go together
                 sent.pop(m, None)
-            message = self._message(turns, sent)
+            message = render_section(
+                turns, sent, role=self.message_role, include_tool_output=self.include_tool_output
+            )
             tokens = request.counter.count_message(message)
         if not sent:
             return
@@ -702,144 +564,32 @@ class VectorRecall:
         return decision is not None and decision.action == "kept"
 
     def _window(self, comp: Composition, turns: Sequence[Turn], key: Key) -> list[Key]:
-        """The message and its neighbours (across turn boundaries), tool groups kept whole."""
-        out: list[Key] = [key]
-        prev, nxt = key, key
-        for _ in range(self.window):
-            p = _step(turns, prev, -1)
-            if p is not None:
-                out.insert(0, p)
-                prev = p
-            n = _step(turns, nxt, +1)
-            if n is not None:
-                out.append(n)
-                nxt = n
-        whole: list[Key] = []
-        for m in out:
-            for g in _tool_group(turns, m):
-                if g not in whole:
-                    whole.append(g)
-        return [m for m in sorted(whole) if not self._blocked(comp, turns, m)]
+        """The message and its neighbours not already sent as recent turns."""
+        return [
+            m for m in window_keys(turns, key, self.window) if not self._blocked(comp, turns, m)
+        ]
 
-    def _later_mention(
-        self,
-        comp: Composition,
-        turns: Sequence[Turn],
-        key: Key,
-        order: Sequence[Key],
-        sent: dict[Key, float],
-        terms: dict[Key, frozenset[str]],
-        query: frozenset[str],
-    ) -> Key | None:
-        """A later candidate message about the same thing (e.g. a correction), if any."""
-        base = _terms(terms, turns, key)
-        if not base:
-            return None
-        for rank, other in enumerate(order):
-            if other <= key or other in sent or self._blocked(comp, turns, other):
-                continue
-            words = _terms(terms, turns, other)
-            shared = base & words
-            # The same thing: much in common, or (among the best candidates for this query)
-            # the very words the query asks about.
-            if len(shared) >= 2 and len(shared) * 3 >= min(len(base), len(words)):
-                return other
-            if rank < LATER_MENTION_RANK and shared & query:
-                return other
-        return None
+    def _terms(self, turns: Sequence[Turn], key: Key) -> frozenset[str]:
+        """The message's stemmed content words, cached per turn."""
+        turn = turns[key[0]]
+        cache = self._words.setdefault(turn, {})
+        words = cache.get(key[1])
+        if words is None:
+            words = cache[key[1]] = message_stems(turn, key[1])
+        return words
 
     def _tokens(self, request: ContextRequest, turns: Sequence[Turn], key: Key) -> int:
+        """The message's tokens in the recalled section, cached per turn."""
         turn = turns[key[0]]
         cache = self._line_tokens.setdefault(turn, {})
         ck = (id(request.counter), key[1], self.include_tool_output)
         n = cache.get(ck)
         if n is None:
-            pairs = speaker_lines(
+            text = message_lines(
                 turn.messages[key[1]], include_tool_output=self.include_tool_output
             )
-            text = "\n".join(quote_speaker(who, what) for who, what in pairs)
             n = cache[ck] = request.counter.count_text(text) + 1
         return n
-
-    def _message(self, turns: Sequence[Turn], sent: dict[Key, float]) -> Message:
-        keys = sorted(sent)
-        blocks: list[list[Key]] = []
-        for m in keys:
-            if blocks and _step(turns, blocks[-1][-1], +1) == m:
-                blocks[-1].append(m)
-            else:
-                blocks.append([m])
-        # One tagged block per session (calendar day, UTC) with its date; inside it, each
-        # window under a line of convmem's own giving its turns and time.
-        quoted: list[str] = []
-        day: str | None = None
-        body: list[str] = []
-        for block in blocks:
-            first = turns[block[0][0]]
-            when = time.gmtime(first.created_at)
-            this_day = time.strftime("%a %d %b %Y", when)
-            if this_day != day:
-                if body:
-                    quoted.append(quoted_block("session", "\n".join(body), {"date": day}))
-                day, body = this_day, []
-            ids = sorted({turns[i].id for i, _ in block})
-            span = f"turn {ids[0]}" if len(ids) == 1 else f"turns {ids[0]}-{ids[-1]}"
-            body.append(f"{span}, {time.strftime('%H:%M', when)}:")
-            body.extend(
-                quote_speaker(who, what)
-                for i, p in block
-                for who, what in speaker_lines(
-                    turns[i].messages[p], include_tool_output=self.include_tool_output
-                )
-            )
-        if body:
-            quoted.append(quoted_block("session", "\n".join(body), {"date": day}))
-        content = data_section("recalled", RECALL_HEADER, "\n".join(quoted))
-        return {"role": self.message_role, "content": content}
-
-
-def _step(turns: Sequence[Turn], key: Key, d: int) -> Key | None:
-    idx, part = key
-    part += d
-    if 0 <= part < len(turns[idx].messages):
-        return (idx, part)
-    idx += d
-    if not 0 <= idx < len(turns) or not turns[idx].messages:
-        return None
-    return (idx, 0 if d > 0 else len(turns[idx].messages) - 1)
-
-
-def _tool_group(turns: Sequence[Turn], key: Key) -> list[Key]:
-    """The message, or the whole tool exchange it belongs to (the call and every result)."""
-    idx, part = key
-    msgs = turns[idx].messages
-    start = part
-    if msgs[part].get("role") == "tool":
-        while start > 0 and msgs[start].get("role") == "tool":
-            start -= 1
-    if msgs[start].get("role") != "assistant" or not msgs[start].get("tool_calls"):
-        return [key]
-    end = start + 1
-    while end < len(msgs) and msgs[end].get("role") == "tool":
-        end += 1
-    return [(idx, p) for p in range(start, end)]
-
-
-def _terms(cache: dict[Key, frozenset[str]], turns: Sequence[Turn], key: Key) -> frozenset[str]:
-    words = cache.get(key)
-    if words is None:
-        from ..lexical import query_terms
-
-        text = text_of(turns[key[0]].messages[key[1]])
-        words = cache[key] = frozenset(_stem(w) for w in query_terms(text))
-    return words
-
-
-def _stem(word: str) -> str:
-    for suffix in ("ing", "ed", "es", "s"):
-        if len(word) > len(suffix) + 2 and word.endswith(suffix):
-            return word[: -len(suffix)]
-    return word
 
 
 def _set_parts(comp: Composition, turn_id: int, parts: tuple[int, ...]) -> None:
@@ -869,3 +619,24 @@ def _renamed(
     if "role" in deprecated:
         message_role = deprecated["role"]
     return max_recall_tokens, message_role
+
+
+__all__ = [
+    "COMMON_TERM_SHARE",
+    "DEFAULT_CANDIDATES",
+    "DEFAULT_DATE_BONUS",
+    "DEFAULT_MIN_SCORE",
+    "DEFAULT_RECENT_SHARE",
+    "DEFAULT_RECENT_TURNS",
+    "DEFAULT_WINDOW",
+    "LATER_MENTION_RANK",
+    "RECALL_HEADER",
+    "RRF_K",
+    "Candidates",
+    "SplitPolicy",
+    "VectorRecall",
+    "default_recall_budget",
+    "render_message",
+    "render_turn",
+    "speaker_lines",
+]
