@@ -440,6 +440,12 @@ def test_recall_rows_and_summary_reuse(tmp_path: Path) -> None:
         runner.memo_embedder.embedded <= len(convs[0].turns) + len(convs[0].questions) + users + 1
     )
     assert report.settings["recall_k"] is None
+    assert report.settings["recall_split"] == "default_recall_budget"
+    # The notes say how recall was budgeted (the split policy), never "k=None".
+    from convmem.bench.report import notes
+
+    recall_note = next(line for line in notes(report) if line.startswith("Recall:"))
+    assert "split=default_recall_budget" in recall_note and "k=None" not in recall_note
 
 
 # --- report files ------------------------------------------------------------------------------

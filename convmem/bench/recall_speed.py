@@ -10,8 +10,10 @@ hour on this machine; the search does not care what the vectors mean), stored te
 generated chat messages, so the keyword index is realistic; queries are real questions,
 embedded for real.
 
-Indexing throughput is reported in two parts: storing units whose vectors are known (Chroma +
-keyword index) and embedding texts.
+Indexing throughput is reported end to end (turns stored one at a time as a chat stores them,
+through ``VectorRecall.observe``: both messages embedded, written to Chroma and to the keyword
+index), and in its parts: storing units whose vectors are known (Chroma + keyword index) and
+embedding texts.
 
 Run it with ``convmem bench recall`` or :func:`run_recall` from Python.
 """
@@ -89,6 +91,8 @@ class RecallSpeedReport:
     embed_texts: int = 0
     embed_texts_per_s: float | None = None
     embed_batch: int = 64
+    index_turns: int = 0
+    index_turns_per_s: float | None = None
     environment: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     skipped: str | None = None
@@ -135,9 +139,15 @@ class RecallSpeedReport:
                 f"{s.p95_ms:>6.1f} ms  {s.embed_p50_ms:>6.1f} ms  {s.dense_p50_ms:>6.1f} ms  "
                 f"{s.keyword_p50_ms:>8.1f} ms  {s.build_p50_ms:>6.1f} ms"
             )
+        if self.index_turns_per_s is not None:
+            lines.append(
+                f"\nindexing, end to end: {self.index_turns_per_s:,.1f} turns/s over "
+                f"{self.index_turns} turns stored one at a time (2 messages each: embedding, "
+                "Chroma and the FTS5 keyword index)"
+            )
         if self.embed_texts_per_s is not None:
             lines.append(
-                f"\nembedding (all-MiniLM-L6-v2, batch {self.embed_batch}): "
+                f"embedding alone (all-MiniLM-L6-v2, batch {self.embed_batch}): "
                 f"{self.embed_texts_per_s:,.0f} texts/s over {self.embed_texts} texts"
             )
         targets = self.targets()
@@ -283,6 +293,38 @@ def run_size(
     return result
 
 
+def run_indexing(turns: int, *, embedder: Any, seed: int = 0) -> float:
+    """Stores ``turns`` generated turns one at a time, as a chat does; returns turns per second.
+
+    Each turn goes through ``VectorRecall.observe`` (the job a conversation runs after each
+    reply): its messages are embedded and written to Chroma and to the keyword index.
+    """
+    from convmem import History, LocalJob
+    from convmem.strategies import VectorRecall
+
+    texts = _texts(turns, seed + 3)
+    recall = VectorRecall(embedder=embedder)
+    history = History()
+    try:
+        recall.warm()
+        t0 = time.perf_counter()
+        for i in range(turns):
+            added = history.append(
+                [
+                    {"role": "user", "content": texts[(2 * i) % len(texts)]},
+                    {"role": "assistant", "content": texts[(2 * i + 1) % len(texts)]},
+                ],
+                created_at=1_600_000_000.0 + 600 * i,
+            )
+            for job in recall.observe("bench-index", added):
+                assert isinstance(job, LocalJob)
+                job.fn()
+        seconds = time.perf_counter() - t0
+    finally:
+        recall.store.close()
+    return round(turns / max(seconds, 1e-9), 1)
+
+
 @dataclass
 class _Result:
     value: Any
@@ -307,6 +349,7 @@ def run_recall(
     queries: int = 100,
     embed_texts: int = 512,
     embed_batch: int = 64,
+    index_turns: int = 200,
     seed: int = 0,
     progress: Any = None,
 ) -> RecallSpeedReport:
@@ -349,6 +392,9 @@ def run_recall(
                 f"  {n:>7,} turns: query p50 {size.p50_ms:.1f} ms, p95 {size.p95_ms:.1f} ms "
                 f"({time.perf_counter() - started:.0f} s so far)"
             )
+    if index_turns > 0:
+        report.index_turns = index_turns
+        report.index_turns_per_s = run_indexing(index_turns, embedder=embedder, seed=seed)
     if embed_texts > 0:
         texts = _texts(embed_texts, seed + 7)[:embed_texts]
         embedder(texts[:embed_batch])
@@ -397,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             other_conversations=1 if args.quick else 4,
             other_turns=500 if args.quick else 2_500,
             embed_texts=64 if args.quick else 512,
+            index_turns=50 if args.quick else 200,
             seed=args.seed,
             progress=lambda line: print(line, flush=True),
         )
@@ -414,4 +461,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["DEFAULT_TURNS", "RecallSize", "RecallSpeedReport", "main", "run_recall", "run_size"]
+__all__ = [
+    "DEFAULT_TURNS",
+    "RecallSize",
+    "RecallSpeedReport",
+    "main",
+    "run_indexing",
+    "run_recall",
+    "run_size",
+]

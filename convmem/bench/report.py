@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,7 +184,7 @@ def notes(report: BenchReport) -> list[str]:
             )
     if "embedder" in s:
         out.append(
-            f"Recall: {s['embedder']}, k={s.get('recall_k')}; each text is embedded once per "
+            f"Recall: {s['embedder']}, {_recall_budget(s)}; each text is embedded once per "
             "run, so the first recall row's wall s includes embedding them all."
         )
     out.append(
@@ -201,6 +201,14 @@ def targets(report: BenchReport) -> list[str]:
     if not checks:
         return []
     return ["Targets", *(f"  {c.describe()}" for c in checks)]
+
+
+def _recall_budget(settings: Mapping[str, Any]) -> str:
+    """How the recall rows chose how much to recall: a fixed k, or the split policy."""
+    k = settings.get("recall_k")
+    if k is not None:
+        return f"k={k}"
+    return f"split={settings.get('recall_split') or 'default_recall_budget'} (no fixed k)"
 
 
 def to_markdown(report: BenchReport) -> str:

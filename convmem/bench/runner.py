@@ -456,6 +456,8 @@ class ReplayRunner:
         }
         if any(r.uses_recall for r in self.rows):
             recorded["recall_k"] = self.recall_k
+            split = getattr(self._recall, "split", None) if self._recall is not None else None
+            recorded["recall_split"] = getattr(split, "__name__", None) or "default_recall_budget"
             recorded["embedder"] = (
                 "all-MiniLM-L6-v2 (packaged, offline)"
                 if self._embedder_spec is None
