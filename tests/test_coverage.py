@@ -223,9 +223,15 @@ def test_summary_selection_reaches_the_first_recent_turn() -> None:
 
 
 @pytest.mark.llama
-def test_sixty_turns_with_the_local_model(llama_server: Any) -> None:
-    """The real summariser (SmolLM2 on llama.cpp) through 60 turns: no turn falls through while
-    it succeeds.
+@pytest.mark.parametrize(
+    "kind", ["summary+truncate", pytest.param("summary+recall+truncate", marks=pytest.mark.recall)]
+)
+def test_sixty_turns_with_the_local_model(
+    llama_server: Any, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """The real summariser (SmolLM2 on llama.cpp) through 60 turns, through
+    ``Pipeline(RollingSummary(), Truncate())`` and with ``VectorRecall`` (the packaged
+    embedding model) between them: no turn falls through while it succeeds.
 
     Every turn's plan is checked as the call would send it (``preview``); the summaries are
     made by the real model (``prepare_next`` after each turn, as the background summary does),
@@ -233,16 +239,28 @@ def test_sixty_turns_with_the_local_model(llama_server: Any) -> None:
     time on summaries, not on chat (one llama.cpp slot, shared).
     """
     rng = random.Random(60)
+    # The summariser reads with the server's whole window: few calls, each covering many turns.
+    summary = RollingSummary(max_summary_tokens=48, summarizer_window=llama_server.context_window)
+    if kind == "summary+truncate":
+        strategy = Pipeline(summary, Truncate())
+    else:
+        import chromadb
+
+        from convmem.strategies import VectorRecall
+
+        recall = VectorRecall(
+            chromadb.EphemeralClient(),
+            collection="coverage60_llama",
+            embedder=request.getfixturevalue("embedder"),
+            k=3,
+        )
+        strategy = Pipeline(summary, recall, Truncate())
     conv = Conversation(
         llama_server.client(),
         model=llama_server.model,
         context_window=1280,
         reply_reserve=48,
-        # The summariser reads with the server's whole window: few calls, each covering many turns.
-        strategy=Pipeline(
-            RollingSummary(max_summary_tokens=48, summarizer_window=llama_server.context_window),
-            Truncate(),
-        ),
+        strategy=strategy,
     )
     made = failed = 0
     for i in range(60):
