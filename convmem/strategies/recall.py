@@ -495,8 +495,14 @@ class VectorRecall:
             cost = sum(self._tokens(request, turns, m) for m in new) + per_block
             if (header_cost if not sent else 0) + spent + cost > budget:
                 continue  # a shorter window further down may still fit
+            # The fact the query asks about may be a neighbour of the unit that ranked (its
+            # window matched): look for later mentions of the message sharing most of the
+            # query's words.
+            anchor = max(
+                new, key=lambda m: (len(self._terms(turns, m) & query_words), m == key, m)
+            )
             later = later_mention(
-                key,
+                anchor,
                 order,
                 lambda m: self._terms(turns, m),
                 lambda m: m not in sent and not self._blocked(comp, turns, m),
@@ -520,7 +526,7 @@ class VectorRecall:
             )
             if later is not None:
                 reasons.setdefault(turns[later[0]].id, []).append(
-                    f"later mention of turn {turns[key[0]].id}"
+                    f"later mention of turn {turns[anchor[0]].id}"
                 )
         if not sent:
             if order:

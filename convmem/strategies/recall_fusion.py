@@ -160,7 +160,8 @@ def later_mention(
 
     The same thing: it shares much of the message's content words (two or more, and a third of
     the smaller message's), or it is among the :data:`LATER_MENTION_RANK` best candidates and
-    shares a word of the query with the message.
+    shares a word of the query with the message. Of several, the one sharing the most words
+    with the message (the best ranked among equals).
 
     Args:
         key: The recalled message.
@@ -172,16 +173,21 @@ def later_mention(
     base = words(key)
     if not base:
         return None
+    best: Key | None = None
+    best_shared = 0
     for rank, other in enumerate(order):
         if other <= key or not available(other):
             continue
         theirs = words(other)
         shared = base & theirs
-        if len(shared) >= 2 and len(shared) * 3 >= min(len(base), len(theirs)):
-            return other
-        if rank < LATER_MENTION_RANK and shared & query:
-            return other
-    return None
+        same = (len(shared) >= 2 and len(shared) * 3 >= min(len(base), len(theirs))) or (
+            rank < LATER_MENTION_RANK and bool(shared & query)
+        )
+        # Of several, the one with the most in common ("the team lead is Leopold after all"
+        # over "our team had a long discussion" for "the new team lead is Isolde").
+        if same and len(shared) > best_shared:
+            best, best_shared = other, len(shared)
+    return best
 
 
 __all__ = [
