@@ -552,3 +552,72 @@ def test_vector_recall_through_a_chroma_server(chroma_server: tuple[str, int]) -
     plan = other.preview("What is my passport number?")
     assert 7 in plan.recalled and "X123-998" in str(plan.messages)
     assert not any("missing from the store" in n for n in plan.notes)  # nothing re-embedded
+
+
+def test_the_correction_of_a_fact_recalled_as_a_neighbour_comes_along() -> None:
+    # The probe's failing case at 1,000 tokens: the unit that ranked first is the assistant's
+    # reply (its window holds the fact), and an unrelated later message shares one word of the
+    # query ("team") with the fact. The correction shares two ("team", "lead") and comes along;
+    # the unrelated message is not taken for a later mention. (Before: the fact came as the
+    # neighbour of the ranked reply, its correction ranked too low to fit: stale only.)
+    history = History()
+    chatter = "The weather was grey and I mostly read a book at home."
+    history.append([{"role": "user", "content": chatter}, {"role": "assistant", "content": "Ok."}])
+    history.append(
+        [
+            {
+                "role": "user",
+                "content": "Before I forget, the new team lead on my project is Isolde.",
+            },
+            {"role": "assistant", "content": "Got it, always nice to hear news."},
+        ]
+    )
+    for i in range(6):
+        history.append(
+            [
+                {"role": "user", "content": f"{chatter} ({i})"},
+                {"role": "assistant", "content": "Ok."},
+            ]
+        )
+    history.append(
+        [
+            {"role": "user", "content": "Our team had a long discussion about meetings."},
+            {"role": "assistant", "content": "Sounds busy."},
+        ]
+    )
+    history.append(
+        [
+            {"role": "user", "content": "Actually, the team lead is Leopold after all."},
+            {"role": "assistant", "content": "Thanks for the update."},
+        ]
+    )
+    for i in range(6):
+        history.append(
+            [
+                {"role": "user", "content": f"{chatter} [{i}]"},
+                {"role": "assistant", "content": "Ok."},
+            ]
+        )
+    req = ContextRequest(
+        history=history,
+        pending=[{"role": "user", "content": "Who runs the team on my project?"}],
+        budget=Budget(350, 0),
+        counter=COUNTER,
+        conversation_id="corr",
+        model="gpt-4o-mini",
+    )
+    recall = VectorRecall(window=1)
+    req.results[recall.job_key] = JobResult(
+        value=Candidates(
+            query="Who runs the team on my project?",
+            dense=(),
+            keyword=((1, 1, 9.0), (8, 0, 8.0), (3, 0, 7.0), (4, 0, 6.0), (5, 0, 5.0), (9, 0, 4.0)),
+        )
+    )
+    plan = Pipeline(recall, Truncate(max_tokens=350)).build(req)
+    check_plan(plan, req)
+    text = plan.section("recalled").messages[0]["content"]  # type: ignore[union-attr]
+    assert "Isolde" in text and "Leopold" in text
+    later = next(d for d in plan.decisions if d.turn_id == 9)
+    assert later.action == "recalled" and "later mention of turn 1" in later.reason
+    assert not any("later mention" in d.reason for d in plan.decisions if d.turn_id == 8)

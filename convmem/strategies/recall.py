@@ -498,9 +498,7 @@ class VectorRecall:
             # The fact the query asks about may be a neighbour of the unit that ranked (its
             # window matched): look for later mentions of the message sharing most of the
             # query's words.
-            anchor = max(
-                new, key=lambda m: (len(self._terms(turns, m) & query_words), m == key, m)
-            )
+            anchor = max(new, key=lambda m: (len(self._terms(turns, m) & query_words), m == key, m))
             later = later_mention(
                 anchor,
                 order,
@@ -537,9 +535,12 @@ class VectorRecall:
         )
         tokens = request.counter.count_message(message)
         while tokens > budget and sent:  # the estimate above was short: drop the weakest
-            weakest = min(sent, key=lambda m: (sent[m], m))
-            for m in tool_group(turns, weakest):  # a tool call and its results go together
-                sent.pop(m, None)
+            over = tokens - budget
+            while over > 0 and sent:  # as many as the overshoot, then count again
+                weakest = min(sent, key=lambda m: (sent[m], m))
+                for m in tool_group(turns, weakest):  # a tool call and its results go together
+                    if sent.pop(m, None) is not None:
+                        over -= self._tokens(request, turns, m)
             message = render_section(
                 turns, sent, role=self.message_role, include_tool_output=self.include_tool_output
             )

@@ -158,10 +158,11 @@ def later_mention(
 ) -> Key | None:
     """A later candidate message about the same thing as ``key`` (e.g. a correction), if any.
 
-    The same thing: it shares much of the message's content words (two or more, and a third of
-    the smaller message's), or it is among the :data:`LATER_MENTION_RANK` best candidates and
-    shares a word of the query with the message. Of several, the one sharing the most words
-    with the message (the best ranked among equals).
+    The same thing: it shares two or more content words with the message, and either a third
+    of the smaller message's words, or (among the :data:`LATER_MENTION_RANK` best candidates)
+    a word of the query (one shared word is not enough: "our team had a long discussion" is not
+    a later mention of "the new team lead is Isolde"; "the team lead is Leopold after all" is).
+    The best ranked such candidate.
 
     Args:
         key: The recalled message.
@@ -173,21 +174,18 @@ def later_mention(
     base = words(key)
     if not base:
         return None
-    best: Key | None = None
-    best_shared = 0
     for rank, other in enumerate(order):
         if other <= key or not available(other):
             continue
         theirs = words(other)
         shared = base & theirs
-        same = (len(shared) >= 2 and len(shared) * 3 >= min(len(base), len(theirs))) or (
-            rank < LATER_MENTION_RANK and bool(shared & query)
+        same = len(shared) >= 2 and (
+            len(shared) * 3 >= min(len(base), len(theirs))
+            or (rank < LATER_MENTION_RANK and bool(shared & query))
         )
-        # Of several, the one with the most in common ("the team lead is Leopold after all"
-        # over "our team had a long discussion" for "the new team lead is Isolde").
-        if same and len(shared) > best_shared:
-            best, best_shared = other, len(shared)
-    return best
+        if same:
+            return other
+    return None
 
 
 __all__ = [
