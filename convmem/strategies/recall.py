@@ -62,12 +62,14 @@ from .recall_units import (
     RECALL_HEADER,
     Key,
     message_lines,
+    missing_units,
     render_message,
     render_section,
     render_turn,
     speaker_lines,
     tool_group,
     unit_text,
+    units_of,
     window_keys,
 )
 
@@ -264,33 +266,8 @@ class VectorRecall:
         before: Sequence[Message],
         after: Sequence[Message] = (),
     ) -> list[Any]:
-        """Units of ``turns`` (consecutive, complete), the last message held back.
-
-        ``before`` are the messages just before the first turn (its neighbours); the last
-        message of the last turn has no next neighbour yet, so it is stored with the next
-        turn (it is among the newest turns, which are sent anyway, until then).
-        """
-        from ..store import StoredTurn
-
-        msgs: list[Message] = list(before)
-        owners: list[tuple[Turn, int] | None] = [None] * len(before)
-        for turn in turns:
-            for part, msg in enumerate(turn.messages):
-                msgs.append(msg)
-                owners.append((turn, part))
-        msgs.extend(after)
-        owners.extend([None] * len(after))
-        if after:
-            owners.append(None)  # the last message has its next neighbour: store it too
-        out = []
-        for i, owner in enumerate(owners[:-1]):
-            if owner is None:
-                continue
-            turn, part = owner
-            text = self._unit_text(msgs, i)
-            if text.strip():
-                out.append(StoredTurn(conversation_id, turn.id, text, turn.created_at, part))
-        return out
+        """Units of ``turns`` (see :func:`~convmem.strategies.recall_units.units_of`)."""
+        return units_of(conversation_id, turns, before, after, self._unit_text)
 
     def _embed_store(self, units: Sequence[Any]) -> int:
         if not units:
@@ -370,24 +347,8 @@ class VectorRecall:
 
     def _repair(self, conversation_id: str, history: History) -> int:
         """Embeds and stores what a crash or a failed store left out; returns how many."""
-        from ..store import StoredTurn
-
         gaps = set(self.missing(conversation_id, history))
-        if not gaps:
-            return 0
-        turns = history.turn_list()
-        units = []
-        for idx, turn in enumerate(turns):
-            parts = [p for p in range(len(turn.messages)) if (turn.id, p) in gaps]
-            if not parts:
-                continue
-            prev = turns[idx - 1].messages if idx > 0 else ()
-            nxt = turns[idx + 1].messages if idx + 1 < len(turns) else ()
-            msgs = [*prev, *turn.messages, *nxt]
-            for p in parts:
-                text = self._unit_text(msgs, len(prev) + p)
-                if text.strip():
-                    units.append(StoredTurn(conversation_id, turn.id, text, turn.created_at, p))
+        units = missing_units(conversation_id, history.turn_list(), gaps, self._unit_text)
         return self._embed_store(units)
 
     def prepare(self, request: ContextRequest) -> list[Job]:

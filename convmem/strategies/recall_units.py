@@ -1,7 +1,8 @@
 """How recall's units are indexed and shown: message text, windows, tool groups, the quoted section.
 
 A *unit* is one message of a finished turn; it is indexed with the text of its neighbours
-(:func:`unit_text`) and, when recalled, sent with them (:func:`window_keys`). Messages are
+(:func:`unit_text`; :func:`units_of` and :func:`missing_units` build the units to store) and,
+when recalled, sent with them (:func:`window_keys`). Messages are
 addressed by :data:`Key`, ``(turn index, message index in the turn)``; a window crosses turn
 boundaries (:func:`step`) and never splits a tool call from its results (:func:`tool_group`).
 :func:`render_section` quotes the chosen messages in date order, one tagged block per day and
@@ -11,11 +12,15 @@ one ``turns a-b, HH:MM:`` line per run of consecutive messages (:mod:`convmem.qu
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from ..history import Turn
 from ..messages import Message, text_of
 from ..quoting import data_section, quote_speaker, quoted_block
+
+if TYPE_CHECKING:
+    from ..store import StoredTurn
 
 Key = tuple[int, int]
 """A message: (index of its turn in the history's turn list, its index in the turn)."""
@@ -77,6 +82,67 @@ def unit_text(
     lo, hi = max(0, i - window), min(len(msgs), i + window + 1)
     lines = (render_message(m, include_tool_output=include_tool_output) for m in msgs[lo:hi])
     return "\n".join(line for line in lines if line)
+
+
+def units_of(
+    conversation_id: str,
+    turns: Sequence[Turn],
+    before: Sequence[Message],
+    after: Sequence[Message],
+    text_of_unit: Callable[[Sequence[Message], int], str],
+) -> list[StoredTurn]:
+    """The units to store for ``turns`` (consecutive, complete), the last message held back.
+
+    ``before`` are the messages just before the first turn (its neighbours), ``after`` the
+    first message after the last one, if it exists yet; without it, the last message has no
+    next neighbour, so it is stored with the next turn (until then it is among the newest
+    turns, which are sent anyway). ``text_of_unit(messages, i)`` is the indexed text.
+    """
+    from ..store import StoredTurn
+
+    msgs: list[Message] = list(before)
+    owners: list[tuple[Turn, int] | None] = [None] * len(before)
+    for turn in turns:
+        for part, msg in enumerate(turn.messages):
+            msgs.append(msg)
+            owners.append((turn, part))
+    msgs.extend(after)
+    owners.extend([None] * len(after))
+    if after:
+        owners.append(None)  # the last message has its next neighbour: store it too
+    out = []
+    for i, owner in enumerate(owners[:-1]):
+        if owner is None:
+            continue
+        turn, part = owner
+        text = text_of_unit(msgs, i)
+        if text.strip():
+            out.append(StoredTurn(conversation_id, turn.id, text, turn.created_at, part))
+    return out
+
+
+def missing_units(
+    conversation_id: str,
+    turns: Sequence[Turn],
+    gaps: set[tuple[int, int]],
+    text_of_unit: Callable[[Sequence[Message], int], str],
+) -> list[StoredTurn]:
+    """The units of the ``(turn_id, part)`` messages in ``gaps``, with their neighbours."""
+    from ..store import StoredTurn
+
+    units = []
+    for idx, turn in enumerate(turns):
+        parts = [p for p in range(len(turn.messages)) if (turn.id, p) in gaps]
+        if not parts:
+            continue
+        prev = turns[idx - 1].messages if idx > 0 else ()
+        nxt = turns[idx + 1].messages if idx + 1 < len(turns) else ()
+        msgs = [*prev, *turn.messages, *nxt]
+        for p in parts:
+            text = text_of_unit(msgs, len(prev) + p)
+            if text.strip():
+                units.append(StoredTurn(conversation_id, turn.id, text, turn.created_at, p))
+    return units
 
 
 def step(turns: Sequence[Turn], key: Key, d: int) -> Key | None:
@@ -177,6 +243,7 @@ __all__ = [
     "RECALL_HEADER",
     "Key",
     "message_lines",
+    "missing_units",
     "render_message",
     "render_section",
     "render_turn",
@@ -184,5 +251,6 @@ __all__ = [
     "step",
     "tool_group",
     "unit_text",
+    "units_of",
     "window_keys",
 ]
