@@ -621,3 +621,24 @@ def test_the_correction_of_a_fact_recalled_as_a_neighbour_comes_along() -> None:
     later = next(d for d in plan.decisions if d.turn_id == 9)
     assert later.action == "recalled" and "later mention of turn 1" in later.reason
     assert not any("later mention" in d.reason for d in plan.decisions if d.turn_id == 8)
+
+
+def test_a_previewed_message_is_embedded_once() -> None:
+    asked: list[str] = []
+
+    def counting(texts: list[str]) -> list[list[float]]:
+        asked.extend(texts)
+        return hash_embed(texts)
+
+    recall = VectorRecall(collection="test_query_cache", embedder=counting)
+    conv = Conversation(
+        echo_server(2).client(), model="gpt-4o-mini", strategy=Pipeline(recall, Truncate(300))
+    )
+    conv.extend(long_log(30, 3, "The code for our garage door is 4821."))
+    question = "What is the code for our garage door?"
+    conv.preview(question)
+    conv.send(question)  # the preview's vector is reused: the message is embedded once
+    assert asked.count(question) == 1
+    conv.preview("And the code for the office?")
+    assert asked.count("And the code for the office?") == 1  # a new message is embedded
+    conv.close()

@@ -52,6 +52,21 @@ QUERIES: tuple[str, ...] = (
     "Did I mention what the landlord wanted?",
 )
 
+OPENERS: tuple[str, ...] = (
+    "",
+    "Quick question: ",
+    "Sorry, remind me: ",
+    "Hey, ",
+    "One more thing. ",
+    "Wait, ",
+    "Before I go: ",
+    "Hmm, ",
+    "By the way, ",
+    "Honestly I forgot. ",
+    "Small thing: ",
+)
+"""Put before the queries so each of the (up to 110) timed queries is a new text."""
+
 
 @dataclass
 class RecallSize:
@@ -248,7 +263,8 @@ def run_size(
         from convmem.strategies.recall import COMMON_TERM_SHARE
 
         for i in range(queries + 3):
-            question = QUERIES[i % len(QUERIES)]
+            # Every query is a new text (VectorRecall remembers the vectors of recent queries).
+            question = OPENERS[(i // len(QUERIES)) % len(OPENERS)] + QUERIES[i % len(QUERIES)]
             request = ContextRequest(
                 history=history,
                 pending=[{"role": "user", "content": question}],

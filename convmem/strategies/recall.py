@@ -28,6 +28,7 @@ import threading
 import time
 import warnings
 import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -79,6 +80,9 @@ _instances = itertools.count()
 #: Default minimum cosine similarity for a dense match to count. With all-MiniLM-L6-v2,
 #: unrelated sentences mostly score below 0.2.
 DEFAULT_MIN_SCORE = 0.2
+
+#: Query vectors remembered per VectorRecall (the newest ones).
+QUERY_CACHE = 64
 
 #: Candidates taken from each ranking (dense and keyword) before fusion. Measured on the LoCoMo
 #: development split: 50 recalls as much evidence as 100 (a little more), in less time.
@@ -200,6 +204,9 @@ class VectorRecall:
         self._store: Any = None
         self._embedder: Any = None
         self._warmed = False
+        # The last queries' vectors: a preview and the send that follows it, or a retry, ask
+        # the same message, and embedding it is most of a query's time.
+        self._query_vectors: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         # Per conversation: the last stored turn (its last message waits for its neighbour),
         # and whether this process has checked the store against the history.
@@ -275,6 +282,19 @@ class VectorRecall:
         vectors = self.embedder([u.text for u in units])
         self.store.add(list(units), vectors)
         return len(units)
+
+    def _query_vector(self, query: str) -> Any:
+        with self._lock:
+            vector = self._query_vectors.get(query)
+            if vector is not None:
+                self._query_vectors.move_to_end(query)
+                return vector
+        vector = self.embedder([query])[0]
+        with self._lock:
+            self._query_vectors[query] = vector
+            while len(self._query_vectors) > QUERY_CACHE:
+                self._query_vectors.popitem(last=False)
+        return vector
 
     def warm(self) -> None:
         """Loads the embedding model (by embedding one text) and opens the Chroma collection.
@@ -370,7 +390,7 @@ class VectorRecall:
             if check:
                 stored = self._repair(conversation_id, history)
                 self._checked.add(conversation_id)
-            vector = self.embedder([query])[0]
+            vector = self._query_vector(query)
             store = self.store
             dense = store.query(
                 conversation_id, vector, k=self.candidates, min_score=self.min_score
