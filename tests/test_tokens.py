@@ -447,11 +447,31 @@ def test_identical_strings_in_one_message_are_encoded_once(
 
     monkeypatch.setattr(cl100k, "_encode_len", spy)
     cl100k._short.clear()
+    cl100k._long.clear()
+    cl100k._long_chars = 0
     assert cl100k.count_message(message) == expected
     assert seen.count(long_args) == 1
     cl100k.count_message(message)
-    # Short strings (role, tool name) are remembered across messages too.
+    # Short strings (role, tool name) and long ones (a summary, a recalled window sent on
+    # every call) are remembered across messages too.
+    assert seen.count(long_args) == 1
     assert "assistant" not in seen[seen.index(long_args) + 1 :]
+
+
+def test_the_long_text_cache_is_bounded(
+    cl100k: TiktokenCounter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from convmem.tokens import counting
+
+    monkeypatch.setattr(counting, "_LONG_CACHE_CHARS", 10_000)
+    cl100k._long.clear()
+    cl100k._long_chars = 0
+    texts = [f"text number {i} " + "word " * 200 for i in range(40)]  # ~1,000 chars each
+    counts = [cl100k.count_text(t) for t in texts]
+    assert cl100k._long_chars <= 10_000 and len(cl100k._long) <= 10
+    assert [cl100k.count_text(t) for t in texts] == counts  # still right after eviction
+    huge = "word " * 5_000  # over an eighth of the bound: counted, never kept
+    assert cl100k.count_text(huge) > 0 and huge not in cl100k._long
 
 
 def test_unknown_content_parts_warn_and_count_zero(cl100k: TiktokenCounter) -> None:

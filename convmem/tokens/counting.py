@@ -58,6 +58,10 @@ _TOOLS_O200K: _ToolConstants = (7, 3, 3, -3, 3, 12)
 
 _SHORT_STRING = 64
 _SHORT_CACHE_LIMIT = 4096
+# Long texts that recur between calls (a summary, a recalled window, a tool result) are
+# remembered too: a lookup hashes the string once, far cheaper than encoding it again. Bounded
+# by total characters so a long conversation cannot grow it without end.
+_LONG_CACHE_CHARS = 4_000_000
 
 
 class ConvmemTokenWarning(UserWarning):
@@ -146,6 +150,20 @@ class _RuleCounter:
         self._encode_len = encode_len
         # Roles, names and tool names recur in every message: remember short strings.
         self._short: dict[str, int] = {}
+        self._long: dict[str, int] = {}
+        self._long_chars = 0
+
+    def _count_long(self, text: str) -> int:
+        cached = self._long.get(text)
+        if cached is None:
+            cached = self._encode_len(text)
+            if len(text) <= _LONG_CACHE_CHARS // 8:
+                if self._long_chars + len(text) > _LONG_CACHE_CHARS:
+                    self._long = {}
+                    self._long_chars = 0
+                self._long[text] = cached
+                self._long_chars += len(text)
+        return cached
 
     def count_text(self, text: str) -> int:
         """Tokens of a bare string, without any message overhead.
@@ -166,7 +184,7 @@ class _RuleCounter:
                     self._short.clear()
                 cached = self._short[text] = self._encode_len(text)
             return cached
-        return self._encode_len(text)
+        return self._count_long(text)
 
     def count_message(self, message: Mapping[str, Any]) -> int:
         """Tokens of one message as sent, per-message overhead included.
@@ -194,18 +212,13 @@ class _RuleCounter:
         Returns:
             The token count.
         """
-        memo: dict[str, int] = {}
 
         def text(value: Any) -> int:
             if not isinstance(value, str) or not value:
                 return 0
             if len(value) <= _SHORT_STRING:
                 return self.count_text(value)
-            # The same long string twice in one message (repeated tool arguments, parts).
-            n = memo.get(value)
-            if n is None:
-                n = memo[value] = self._encode_len(value)
-            return n
+            return self._count_long(value)
 
         total = TOKENS_PER_MESSAGE
         for key, value in message.items():
