@@ -337,3 +337,38 @@ def test_room_recall_leaves_still_goes_to_older_turns_under_the_block_policy() -
 
     # Evidence first: what recall does not use is filled as a sliding window fills it.
     assert kept(DEFAULT_CACHE_POLICY) == kept(None)
+
+
+def test_block_policy_reads_only_the_turns_it_needs_once_it_has_an_anchor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A context build must not grow with the history: after the first call under the policy,
+    the anchor bounds how far back it reads (a long history made it O(n) per call)."""
+    from convmem.strategies.composition import Composition
+
+    def long_history(n: int) -> list[dict[str, str]]:
+        out = []
+        for i in range(n):
+            out += [
+                {"role": "user", "content": f"turn {i}"},
+                {"role": "assistant", "content": "ok"},
+            ]
+        return out
+
+    looked_at: list[int] = []
+    real = Composition.is_decided
+
+    def counting(self: Composition, turn_id: int) -> bool:
+        looked_at.append(turn_id)
+        return real(self, turn_id)
+
+    for n in (500, 5_000):
+        conv = Conversation(None, model="gpt-4o-mini", strategy=Truncate(max_tokens=300))
+        conv.extend(long_history(n))
+        first = conv.preview("next")
+        monkeypatch.setattr(Composition, "is_decided", counting)
+        looked_at.clear()
+        again = conv.preview("next")
+        monkeypatch.setattr(Composition, "is_decided", real)
+        assert again.kept == first.kept  # the same answer as the first (full) read
+        assert len(set(looked_at)) < 60, n  # a few dozen turns, whatever the history's length

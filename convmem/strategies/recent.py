@@ -153,27 +153,36 @@ class RecentTurns:
         """
         request = comp.request
         key = request.conversation_id
-        candidates: list[Turn] = []  # newest first, the undecided contiguous run
+        previous = self._anchors.get(key)
+        room = comp.remaining
+        # Newest first: the undecided contiguous run, read only as far as the answer needs
+        # (past the turns that fit, down to the previous anchor), so a call's cost does not
+        # grow with the history. Without an anchor (a conversation's first call under the
+        # policy) the whole run is read once.
+        candidates: list[Turn] = []
+        fits: list[Turn] = []  # what a sliding window keeps
+        used = 0
+        full = False  # a turn did not fit: ``fits`` is final
         for turn in reversed(request.history.turn_list()):
             if comp.is_decided(turn.id):
                 break
+            if full and previous is not None and turn.id < previous:
+                break  # the run reaches the anchor: the turns below it do not matter
             candidates.append(turn)
-        if not candidates:
-            return None
-        room = comp.remaining
-        fits: list[Turn] = []  # what a sliding window keeps
-        used = 0
-        for turn in candidates:
+            if full:
+                continue
             cost = request.turn_tokens(turn)
-            if self.max_turns is not None and len(fits) >= self.max_turns:
-                break
-            if used + cost > room:
-                break
+            if (self.max_turns is not None and len(fits) >= self.max_turns) or (used + cost > room):
+                full = True
+                continue
             fits.append(turn)
             used += cost
-        previous = self._anchors.get(key)
-        first = candidates[-1].id  # turns before it are summarised (or there are none)
-        if len(fits) == len(candidates):
+        if not candidates:
+            return None
+        # The run's oldest turn read: turns before it are summarised (or there are none), or,
+        # when the read stopped at the anchor, it is older than the anchor (max() below).
+        first = candidates[-1].id
+        if not full:
             # Everything fits: send it all (the whole run is a stable prefix too).
             self._kept(comp, previous, first, len(candidates))
             return None
