@@ -92,6 +92,8 @@ class _Call:
     notes: list[Note] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     refused: list[RefusedAttempt] = field(default_factory=list)
+    #: The history's tail the new message was validated against (see ``_recheck``).
+    tail: tuple[object, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,11 @@ class RawChunk:
     """A streamed ``ChatCompletionChunk`` as the SDK parsed it (raw streams only)."""
 
     chunk: Any
+
+
+def _same_tail(seen: tuple[object, object] | None, now: tuple[object, object]) -> bool:
+    """True when nothing was committed since the message was validated (same objects)."""
+    return seen is not None and seen[0] is now[0] and seen[1] is now[1]
 
 
 def default_reply_reserve(context_window: int) -> int:
@@ -297,6 +304,7 @@ class _Core(_Background, _ServerFacts):
         if n is not None:
             _check.positive_int("n", n)
         return _Call(
+            tail=None if message is None else self.history.tail(),
             pending=pending,
             params=dict(params),
             registry=registry,
@@ -340,7 +348,7 @@ class _Core(_Background, _ServerFacts):
         self._check_open()
         if call.continues:
             self._check_continuation()
-        else:
+        elif not _same_tail(call.tail, self.history.tail()):
             self.history.validate_new(call.pending[:1])
         call.notes = self._memory_notes()
 

@@ -109,6 +109,12 @@ class History:
         return out
 
     # -- writing (each is atomic: validate everything, then append) ----------------------------
+    def tail(self) -> tuple[object, object]:
+        """What :meth:`validate_new` checks new messages against (the last turn and its
+        messages), for an identity check: the same tail validates the same messages the same."""
+        last = self._turns[-1] if self._turns else None
+        return (last, last.messages if last is not None else None)
+
     def validate_new(self, messages: Iterable[Any]) -> list[Message]:
         """Validates messages as a continuation of this history; returns copies. No side effects.
 

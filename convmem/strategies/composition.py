@@ -103,10 +103,13 @@ class Composition:
     def notes_of_kind(self, kind: str) -> list[Note]:
         return [n for n in self.notes if n.kind == kind]
 
-    def add_recent(self, turn: Turn, reason: str = "recent") -> None:
-        """Sends ``turn`` verbatim among the recent turns (the caller checked it fits)."""
+    def add_recent(self, turn: Turn, reason: str = "recent", tokens: int | None = None) -> None:
+        """Sends ``turn`` verbatim among the recent turns (the caller checked it fits).
+
+        ``tokens`` is the turn's count when the caller already has it (it is read once).
+        """
         self.recent.append(turn)
-        self.recent_tokens += self.request.turn_tokens(turn)
+        self.recent_tokens += self.request.turn_tokens(turn) if tokens is None else tokens
         self.decide(turn, "kept", reason)
 
     def spans(self) -> list[DecisionSpan]:

@@ -43,9 +43,10 @@ def fill_recent(
             break
         if max_turns is not None and len(comp.recent) >= max_turns:
             break
-        if comp.request.turn_tokens(turn) > comp.remaining:
+        tokens = comp.request.turn_tokens(turn)
+        if tokens > comp.remaining:
             break
-        comp.add_recent(turn)
+        comp.add_recent(turn, tokens=tokens)
 
 
 @dataclass(frozen=True)
