@@ -20,6 +20,7 @@ conversation's vectors, and :class:`RecallHit`, are :mod:`convmem.vector_index`.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -28,7 +29,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .chroma import (
     DirectoryLock,
@@ -75,6 +76,32 @@ class StoredTurn:
     text: str
     created_at: float
     part: int = 0
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+#: How long :meth:`TurnStore.close` waits for calls under way in other threads.
+CLOSE_WAIT_SECONDS = 30.0
+
+
+def _in_use(method: _F) -> _F:
+    """Counts the call as under way, so :meth:`TurnStore.close` waits for it to finish."""
+
+    @functools.wraps(method)
+    def wrapper(self: TurnStore, *args: Any, **kwargs: Any) -> Any:
+        with self._idle:
+            if self._closed:
+                raise UsageError("this TurnStore is closed")
+            self._busy += 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            with self._idle:
+                self._busy -= 1
+                if self._busy == 0:
+                    self._idle.notify_all()
+
+    return cast(_F, wrapper)
 
 
 class TurnStore:
@@ -176,6 +203,8 @@ class TurnStore:
             self, release, client if owns_client else None, owned_admin, database, lock
         )
         self._closed = False
+        self._busy = 0  # calls under way: close() waits for them
+        self._idle = threading.Condition()
         try:
             if lexical is not False:
                 from .lexical import LexicalIndex
@@ -242,6 +271,7 @@ class TurnStore:
         """The collection name."""
         return self._name
 
+    @_in_use
     def add(self, turns: Sequence[StoredTurn], embeddings: Sequence[Sequence[float]]) -> None:
         """Stores turns with their embeddings, replacing any stored under the same ids.
 
@@ -304,6 +334,7 @@ class TurnStore:
                 if index is not None:
                     index.upsert(turn.turn_id, turn.part, turn.text, float(turn.created_at), vec)
 
+    @_in_use
     def query(
         self,
         conversation_id: str,
@@ -384,6 +415,7 @@ class TurnStore:
         hits.sort(key=lambda hit: (-hit.score, hit.turn_id, hit.part))
         return hits
 
+    @_in_use
     def keyword_search(
         self, conversation_id: str, query: str | Sequence[str], *, k: int = 50
     ) -> list[LexicalHit]:
@@ -413,6 +445,7 @@ class TurnStore:
             return lexical.search(conversation_id, query, k=k)
         return lexical.search_terms(conversation_id, query, k=k)
 
+    @_in_use
     def keyword_terms(
         self, conversation_id: str, terms: Sequence[str], common_share: float
     ) -> list[str]:
@@ -475,6 +508,7 @@ class TurnStore:
             lexical.add([_lexical_unit(t) for t in missing])
         self._lexical_synced.add(conversation_id)
 
+    @_in_use
     def stored_keys(self, conversation_id: str) -> set[tuple[int, int]]:
         """The ``(turn_id, part)`` units stored for a conversation (from Chroma, the truth).
 
@@ -491,6 +525,7 @@ class TurnStore:
             for meta in result.get("metadatas") or []
         }
 
+    @_in_use
     def stored_turn_ids(self, conversation_id: str) -> set[int]:
         """The turn ids stored for a conversation.
 
@@ -507,6 +542,7 @@ class TurnStore:
         )
         return {int(meta["turn_id"]) for meta in result.get("metadatas") or []}
 
+    @_in_use
     def delete_conversation(self, conversation_id: str) -> None:
         """Deletes every stored turn of a conversation (others are untouched).
 
@@ -521,6 +557,7 @@ class TurnStore:
         with self._index_lock:
             self._indexes.pop(conversation_id, None)
 
+    @_in_use
     def count(self, conversation_id: str | None = None) -> int:
         """How many units are stored (turns, when each turn is stored as one unit).
 
@@ -541,7 +578,11 @@ class TurnStore:
         """Releases what the store opened: drops a private in-memory database, closes a client
         it created from a path. A client passed in is left open. Idempotent; the store cannot
         be used afterwards."""
-        self._closed = True
+        with self._idle:
+            self._closed = True
+            # A call under way (a background store job) finishes before the indexes close,
+            # rather than failing half-way with "this LexicalIndex is closed".
+            self._idle.wait_for(lambda: self._busy == 0, timeout=CLOSE_WAIT_SECONDS)
         self._finalizer()
 
     def __enter__(self) -> TurnStore:

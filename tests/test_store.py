@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -422,3 +423,38 @@ def test_http_client_against_a_real_chroma_server(chroma_server: tuple[str, int]
     finally:
         one.close()
         two.close()
+
+
+def test_close_waits_for_a_store_under_way_in_another_thread() -> None:
+    # A background store job still writing when the store is closed used to fail half-way
+    # (vectors written, then "this LexicalIndex is closed"); close now waits for it.
+
+    rng = random.Random(3)
+    store = TurnStore(collection="closing")
+    lexical = store.lexical
+    assert lexical is not None
+    slow_add = lexical.add
+    entered = threading.Event()
+
+    def add_slowly(units: Any) -> None:
+        entered.set()
+        time.sleep(0.3)
+        slow_add(units)
+
+    lexical.add = add_slowly  # type: ignore[method-assign]
+    errors: list[BaseException] = []
+
+    def job() -> None:
+        try:
+            store.add([StoredTurn("c", 0, "tulips in May", 1e9)], [unit(rng)])
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    assert entered.wait(10)
+    store.close()  # returns once the add finished
+    worker.join(10)
+    assert errors == []
+    with pytest.raises(UsageError, match="closed"):
+        store.add([StoredTurn("c", 1, "later", 1e9)], [unit(rng)])
