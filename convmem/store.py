@@ -28,7 +28,6 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .chroma import (
@@ -42,7 +41,7 @@ from .chroma import (
     release,
 )
 from .errors import UsageError
-from .vector_index import ConversationIndex, RecallHit, vector
+from .vector_index import ConversationIndex, RecallHit, StoredTurn, vector
 
 if TYPE_CHECKING:
     from .lexical import LexicalHit, LexicalIndex, LexicalUnit
@@ -54,28 +53,6 @@ DEFAULT_COLLECTION = "convmem_turns"
 _COLLECTION_NAME = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9._-]{1,510})[a-zA-Z0-9]$")
 # Chroma refuses larger upserts (5461 rows on a local 1.5 client); used when a client can't say.
 _FALLBACK_MAX_BATCH = 5000
-
-
-@dataclass(frozen=True)
-class StoredTurn:
-    """One finished turn, as stored for recall.
-
-    Attributes:
-        conversation_id: The conversation it belongs to; queries never cross it.
-        turn_id: Its index in that conversation's history (unique within the conversation).
-        text: What is embedded (and indexed by keyword): for :class:`VectorRecall`, one
-            message of the turn with its neighbours.
-        created_at: When the turn finished, seconds since the epoch.
-        part: Which unit of the turn this is (:class:`VectorRecall` stores one per message,
-            ``part`` being the message's index in the turn); ``(conversation_id, turn_id,
-            part)`` identifies a stored unit.
-    """
-
-    conversation_id: str
-    turn_id: int
-    text: str
-    created_at: float
-    part: int = 0
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

@@ -1,10 +1,11 @@
-"""One conversation's vectors in memory, searched exactly (cosine) with numpy; the hit type.
+"""One conversation's vectors in memory, searched exactly (cosine) with numpy; the record types.
 
 :class:`~convmem.store.TurnStore` keeps a :class:`ConversationIndex` per queried conversation
 (loaded from Chroma on its first query, kept up to date by the store's writes): an exact search
 over one conversation's rows costs about a millisecond at 10k turns, where Chroma's
 per-conversation ``where`` filter costs tens. :func:`vector` checks an embedding given by a
-caller before it reaches Chroma or numpy.
+caller before it reaches Chroma or numpy. :class:`StoredTurn` (what is stored) and
+:class:`RecallHit` (what a query finds) are importable from :mod:`convmem.store` too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class StoredTurn:
+    """One finished turn, as stored for recall.
+
+    Attributes:
+        conversation_id: The conversation it belongs to; queries never cross it.
+        turn_id: Its index in that conversation's history (unique within the conversation).
+        text: What is embedded (and indexed by keyword): for :class:`VectorRecall`, one
+            message of the turn with its neighbours.
+        created_at: When the turn finished, seconds since the epoch.
+        part: Which unit of the turn this is (:class:`VectorRecall` stores one per message,
+            ``part`` being the message's index in the turn); ``(conversation_id, turn_id,
+            part)`` identifies a stored unit.
+    """
+
+    conversation_id: str
+    turn_id: int
+    text: str
+    created_at: float
+    part: int = 0
 
 
 @dataclass(frozen=True)
@@ -136,4 +159,4 @@ def vector(values: Sequence[float]) -> list[float]:
     return vector
 
 
-__all__ = ["ConversationIndex", "RecallHit", "vector"]
+__all__ = ["ConversationIndex", "RecallHit", "StoredTurn", "vector"]
