@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import uuid
@@ -497,6 +498,10 @@ def run_chat(settings: Settings, out: TextIO | None = None) -> int:
         chat = Chat(client, store, settings, model, out, conversation_id=cid)
         stack.callback(chat.conv.close)
         stack.enter_context(_line_history(data_home() / "chat_history"))
+        if sys.stdin.isatty() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            # Started with SIGINT ignored (from a background job or nohup), Python installs no
+            # KeyboardInterrupt handler, and Ctrl-C could not stop a reply on this terminal.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         return chat.run()
     return 0  # pragma: no cover - ExitStack does not swallow
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._check import text_id
 from .errors import InvalidHistoryError, InvalidMessageError, UsageError
 from .frozen import FrozenDict, FrozenList, freeze, thaw
 from .messages import (
@@ -403,6 +404,10 @@ def load_conversation(
     if isinstance(raw, Mapping):
         if raw.get("conversation_id") is not None:
             saved_id = _saved_text(raw["conversation_id"], "conversation_id")
+            try:
+                text_id("conversation_id", saved_id)
+            except UsageError as exc:
+                raise InvalidHistoryError("conversation_id", str(exc)) from None
         if raw.get("model") is not None:
             saved_model = _saved_text(raw["model"], "model")
     if conversation_id is not None and saved_id is not None and conversation_id != saved_id:
