@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from convmem.strategies import (
     Selection,
     Truncate,
 )
+from convmem.strategies.recent import AUTO_LOW_WATER_RANGE, ESTIMATE_TURNS
 from convmem.strategy import ContextRequest
 from convmem.testing import FakeChatServer
 
@@ -372,3 +374,135 @@ def test_block_policy_reads_only_the_turns_it_needs_once_it_has_an_anchor(
         monkeypatch.setattr(Composition, "is_decided", real)
         assert again.kept == first.kept  # the same answer as the first (full) read
         assert len(set(looked_at)) < 60, n  # a few dozen turns, whatever the history's length
+
+
+# -- the automatic low-water mark ---------------------------------------------------------------
+
+
+def _replay_drops(words: int, max_tokens: int, turns: int) -> tuple[list[ContextPlan], list[Any]]:
+    """Previews ``turns`` calls of turns about ``words`` words each side; returns every plan and
+    the ``cache_block_dropped`` notes (the default policy: the automatic mark)."""
+    conv = Conversation(None, model="gpt-4o-mini", strategy=Truncate(max_tokens=max_tokens))
+    plans, drops = [], []
+    for i in range(turns):
+        text = f"question {i} " + "word " * words
+        plan = conv.preview(text)
+        plans.append(plan)
+        drops += plan.notes_of("cache_block_dropped")
+        conv.extend([{"role": "user", "content": text}, {"role": "assistant", "content": text}])
+    return plans, drops
+
+
+def test_automatic_low_water_follows_the_turn_size() -> None:
+    lo, hi = AUTO_LOW_WATER_RANGE
+    target = DEFAULT_CACHE_POLICY.target_cacheable
+    marks = {}
+    for label, words, budget, turns in (
+        ("small", 5, 4000, 260),  # turns of ~30 tokens: under 1% of the room
+        ("medium", 40, 4000, 80),  # ~100 tokens: 2.5%
+        ("large", 100, 1000, 20),  # ~210 tokens: a fifth of the room
+    ):
+        plans, drops = _replay_drops(words, budget, turns)
+        assert drops, label
+        note = drops[0]
+        x, room, t = note.data["low_water"], note.data["room"], note.data["estimated_turn_tokens"]
+        assert note.data["target_cacheable"] == target
+        # The note carries what the mark was chosen from: it can be recomputed from it.
+        expected = math.sqrt(max(0.0, 1 - 2 * (t / room) / (1 - target)))
+        assert x == pytest.approx(min(hi, max(lo, expected)), abs=1e-3), label
+        # The drop went down to that mark: the recent turns kept fill at most x of the room.
+        plan = next(p for p in plans if p.notes_of("cache_block_dropped"))
+        recent = plan.tokens_by_section()["recent"]
+        assert recent <= x * room and recent > x * room - 2 * t, (label, recent, x, room)
+        marks[label] = x
+    assert marks["small"] == hi  # tiny turns: the smallest drop allowed (5% of the room)
+    assert marks["large"] == lo  # turns too large for the target: never below the floor
+    assert lo < marks["medium"] < hi
+    # A smaller drop where turns are small: more of the older turns stay than with a fixed 0.65.
+    assert marks["small"] > marks["medium"] > marks["large"]
+
+
+def test_automatic_low_water_still_keeps_the_first_turn_fixed_between_drops() -> None:
+    plans, drops = _replay_drops(40, 2000, 60)
+    assert len(drops) >= 3
+    anchor = None
+    for plan in plans:
+        (dropped,) = plan.notes_of("cache_block_dropped") or (None,)
+        if dropped is not None:
+            anchor = dropped.data["kept_from"]
+        elif anchor is not None:
+            # Between drops, only new turns are added after the same first turn.
+            assert plan.kept[0] == anchor
+            assert plan.notes_of("cache_prefix_kept")[0].data["kept_from"] == anchor
+        assert plan.estimated_tokens <= 2000
+
+
+def test_low_water_for_estimates_from_the_newest_turns_and_max_turns() -> None:
+    policy = BlockTruncation()
+    lo, hi = AUTO_LOW_WATER_RANGE
+    # The newest ESTIMATE_TURNS turns count, older ones do not.
+    x, t = policy.low_water_for([50] * ESTIMATE_TURNS + [5000] * 10, room=4000)
+    assert t == 50 and x == pytest.approx(math.sqrt(1 - 2 * (50 / 4000) / 0.15))
+    # Under max_turns a call adds one of max_turns turns; the larger share counts.
+    assert policy.low_water_for([10] * 8, room=100_000, max_turns=10) == (lo, 10)
+    x, _ = policy.low_water_for([10] * 8, room=100_000, max_turns=100)
+    assert x == pytest.approx(math.sqrt(1 - 2 * 0.01 / 0.15))
+    assert policy.low_water_for([1] * 8, room=100_000)[0] == hi
+    # A fixed mark is used as given, with no estimate.
+    assert BlockTruncation(low_water=0.5).low_water_for([50] * 8, room=4000) == (0.5, None)
+    # A higher target drops more.
+    assert BlockTruncation(target_cacheable=0.9).low_water_for([100] * 8, 4000)[0] < x
+
+
+def test_a_fixed_low_water_is_noted_without_an_estimate() -> None:
+    conv = Conversation(
+        None, model="gpt-4o-mini",
+        strategy=Truncate(max_turns=4, cache_policy=BlockTruncation(low_water=0.5)),
+    )  # fmt: skip
+    drops = []
+    for i in range(8):
+        drops += conv.preview(f"m{i}").notes_of("cache_block_dropped")
+        conv.extend([{"role": "user", "content": f"m{i}"}, {"role": "assistant", "content": "ok"}])
+    assert drops
+    data = drops[0].data
+    assert data["low_water"] == 0.5 and data["kept_turns"] == 2  # 50% of max_turns=4
+    assert data["estimated_turn_tokens"] is None and data["target_cacheable"] is None
+    assert "low-water mark (50%)" in drops[0]
+
+
+@pytest.mark.parametrize("bad", [0, 1, 1.5, -0.2, True, "0.8", None])
+def test_bad_target_cacheable_is_refused(bad: object) -> None:
+    with pytest.raises(UsageError, match=r"target_cacheable=\.\.\.\) must be in \(0, 1\)"):
+        BlockTruncation(target_cacheable=bad)  # type: ignore[arg-type]
+
+
+def test_the_drop_itself_reads_only_the_turns_it_keeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Estimating the mark reads no turn the build does not read anyway: a drop on a long
+    history looks at about as many turns as fit, not at the history."""
+    from convmem.strategies.composition import Composition
+
+    looked_at: list[int] = []
+    real = Composition.is_decided
+
+    def counting(self: Composition, turn_id: int) -> bool:
+        looked_at.append(turn_id)
+        return real(self, turn_id)
+
+    conv = Conversation(None, model="gpt-4o-mini", strategy=Truncate(max_tokens=300))
+    for i in range(3_000):
+        conv.extend(
+            [{"role": "user", "content": f"turn {i}"}, {"role": "assistant", "content": "ok"}]
+        )
+    conv.preview("next")  # the first call under the policy reads the run once
+    seen = 0
+    monkeypatch.setattr(Composition, "is_decided", counting)
+    for i in range(40):
+        looked_at.clear()
+        plan = conv.preview(f"next {i}")
+        if plan.notes_of("cache_block_dropped"):
+            seen += 1
+            assert len(set(looked_at)) < 80, len(set(looked_at))
+        conv.extend(
+            [{"role": "user", "content": f"more {i}"}, {"role": "assistant", "content": "ok"}]
+        )
+    assert seen >= 2

@@ -9,6 +9,8 @@ between calls, so the request's prefix stays the same and providers' prompt cach
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,6 +51,19 @@ def fill_recent(
         comp.add_recent(turn, tokens=tokens)
 
 
+#: The share of prompt tokens the automatic low-water mark aims to keep cacheable.
+DEFAULT_TARGET_CACHEABLE = 0.85
+
+#: The range the automatic low-water mark is clamped to (see :meth:`BlockTruncation.low_water_for`).
+#: Below: never drop more than a third of the room (the fixed mark used before); where the target
+#: would need more (turns over ~4% of the room), it is out of reach or nearly so, and a deeper
+#: drop buys little cacheable share for much evidence. Above: every drop frees at least 5%.
+AUTO_LOW_WATER_RANGE = (0.65, 0.95)
+
+#: How many of the newest kept turns the automatic mark averages to estimate a call's new tokens.
+ESTIMATE_TURNS = 8
+
+
 @dataclass(frozen=True)
 class BlockTruncation:
     """Prompt-cache policy: drop old turns in blocks and keep the first kept turn fixed.
@@ -56,10 +71,17 @@ class BlockTruncation:
     A sliding window drops one old turn per call once the budget is hit, so the messages after
     the system prompt change on every call and a provider's prompt cache (OpenAI, DeepSeek,
     vLLM, llama.cpp) never matches past them. With this policy, when the newest turns no longer
-    all fit, old turns are dropped down to a low-water mark (``low_water`` of the room for
-    recent turns, and of ``max_turns``); on later calls the first kept turn stays the same, and
-    only new turns are added after it, until the budget is hit again. While every turn fits,
-    every turn is sent (the whole history is a stable prefix too).
+    all fit, old turns are dropped down to a low-water mark (a share of the room for recent
+    turns, and of ``max_turns``); on later calls the first kept turn stays the same, and only
+    new turns are added after it, until the budget is hit again. While every turn fits, every
+    turn is sent (the whole history is a stable prefix too).
+
+    The low-water mark is chosen at each drop unless ``low_water`` fixes it: the smallest drop
+    that keeps about ``target_cacheable`` of the prompt tokens cacheable over the coming drop
+    cycle (:meth:`low_water_for`), so a large budget with small turns drops a few turns and
+    sends almost what a sliding window sends, and a small budget with large turns drops more
+    (at most a third of the room). A smaller drop keeps more of the older turns (more
+    evidence); a larger one caches more.
 
     In a ``Pipeline`` the room is what the summary and the recall reserve leave: a block drop
     moves the recent turns past turns the summary does not cover yet, so the summary is
@@ -74,19 +96,66 @@ class BlockTruncation:
     not persisted: after a restart the next call recomputes it.
 
     Args:
-        low_water: Share of the recent-turn room (and of ``max_turns``) to fill after a drop,
-            between 0 and 1 (exclusive of 0).
+        low_water: A fixed share of the recent-turn room (and of ``max_turns``) to fill after a
+            drop, in (0, 1]; ``None`` (the default) chooses it at each drop from the size of
+            the newest turns and ``target_cacheable``.
+        target_cacheable: The share of prompt tokens the automatic mark aims to keep in a
+            prefix shared with the previous call, in (0, 1). Ignored when ``low_water`` is set.
 
     Raises:
-        UsageError: ``low_water`` is not in (0, 1].
+        UsageError: ``low_water`` is neither None nor in (0, 1], or ``target_cacheable`` is
+            not in (0, 1).
     """
 
-    low_water: float = 0.65
+    low_water: float | None = None
+    target_cacheable: float = DEFAULT_TARGET_CACHEABLE
 
     def __post_init__(self) -> None:
         lw = self.low_water
-        if isinstance(lw, bool) or not isinstance(lw, int | float) or not 0 < lw <= 1:
-            raise UsageError(f"BlockTruncation(low_water=...) must be in (0, 1], got {lw!r}")
+        if lw is not None and (
+            isinstance(lw, bool) or not isinstance(lw, int | float) or not 0 < lw <= 1
+        ):
+            raise UsageError(
+                f"BlockTruncation(low_water=...) must be in (0, 1] or None, got {lw!r}"
+            )
+        tc = self.target_cacheable
+        if isinstance(tc, bool) or not isinstance(tc, int | float) or not 0 < tc < 1:
+            raise UsageError(f"BlockTruncation(target_cacheable=...) must be in (0, 1), got {tc!r}")
+
+    def low_water_for(
+        self, newest: Sequence[int], room: int, max_turns: int | None = None
+    ) -> tuple[float, float | None]:
+        """The low-water mark of a drop, and the turn size it was estimated from.
+
+        With room ``B`` and ``t`` new tokens per call (the turn the previous call answered),
+        the prompt grows from ``x * B`` back to ``B`` in ``(1 - x) * B / t`` calls; each adds
+        ``t`` tokens the cache cannot hold, and the first after a drop misses whole, so about
+        ``1 - 2 * tau / (1 - x**2)`` of the prompt tokens are cacheable (``tau = t / B``). The
+        mark is the largest ``x`` that reaches ``target_cacheable``,
+        ``sqrt(1 - 2 * tau / (1 - target))``, clamped to :data:`AUTO_LOW_WATER_RANGE`. ``t`` is
+        the mean of the newest :data:`ESTIMATE_TURNS` turns that fit (read anyway: the
+        estimate costs no extra reads); under ``max_turns`` a call adds one turn of
+        ``max_turns``, and the larger share counts.
+
+        Args:
+            newest: Token counts of the turns that fit the room, newest first.
+            room: Tokens the recent turns may fill.
+            max_turns: The turn limit, if any.
+
+        Returns:
+            ``(low_water, estimated_turn_tokens)``; a fixed ``low_water`` comes back as set,
+            with ``None`` for the estimate.
+        """
+        if self.low_water is not None:
+            return float(self.low_water), None
+        sample = newest[:ESTIMATE_TURNS]
+        turn_tokens = sum(sample) / len(sample) if sample else float(room)
+        tau = turn_tokens / room if room > 0 else 1.0
+        if max_turns:
+            tau = max(tau, 1 / max_turns)
+        lo, hi = AUTO_LOW_WATER_RANGE
+        x = math.sqrt(max(0.0, 1 - 2 * tau / (1 - self.target_cacheable)))
+        return min(hi, max(lo, x)), turn_tokens
 
 
 #: The cache policy :class:`~convmem.strategies.Truncate` uses unless told otherwise.
@@ -162,6 +231,7 @@ class RecentTurns:
         # policy) the whole run is read once.
         candidates: list[Turn] = []
         fits: list[Turn] = []  # what a sliding window keeps
+        costs: list[int] = []  # their token counts
         used = 0
         full = False  # a turn did not fit: ``fits`` is final
         for turn in reversed(request.history.turn_list()):
@@ -177,6 +247,7 @@ class RecentTurns:
                 full = True
                 continue
             fits.append(turn)
+            costs.append(cost)
             used += cost
         if not candidates:
             return None
@@ -194,12 +265,12 @@ class RecentTurns:
                 self._kept(comp, previous, anchor, sum(1 for t in candidates if t.id >= anchor))
                 return anchor
         # The budget is hit: drop down to the low-water mark.
-        low_tokens = int(room * policy.low_water)
-        low_turns = max(1, int(self.max_turns * policy.low_water)) if self.max_turns else None
+        low_water, turn_tokens = policy.low_water_for(costs, room, self.max_turns)
+        low_tokens = int(room * low_water)
+        low_turns = max(1, int(self.max_turns * low_water)) if self.max_turns else None
         kept: list[Turn] = []
         used = 0
-        for turn in fits:
-            cost = request.turn_tokens(turn)
+        for turn, cost in zip(fits, costs, strict=True):
             if low_turns is not None and len(kept) >= low_turns:
                 break
             if kept and used + cost > low_tokens:
@@ -216,7 +287,10 @@ class RecentTurns:
             kept_from=new_anchor,
             kept_turns=len(kept),
             dropped_turns=sum(1 for t in candidates if (previous or 0) <= t.id < new_anchor),
-            low_water=policy.low_water,
+            low_water=round(low_water, 3),
+            room=room,
+            estimated_turn_tokens=None if turn_tokens is None else round(turn_tokens, 1),
+            target_cacheable=None if policy.low_water is not None else policy.target_cacheable,
         )
         return new_anchor
 

@@ -29,13 +29,16 @@ class Truncate(RecentTurns):
             effect.
         cache_policy: How old turns leave once a limit is hit. The default,
             :data:`~convmem.strategies.recent.DEFAULT_CACHE_POLICY` (a
-            :class:`~convmem.strategies.BlockTruncation` with ``low_water=0.65``), drops old
-            turns in blocks down to 65% of the room and then keeps the first kept turn fixed
-            until the limit is hit again, so the prompt prefix stays the same between calls and
-            providers' prompt caches match it (notes ``cache_block_dropped`` and
-            ``cache_prefix_kept`` say what was kept stable). ``None``: a sliding window, the
-            newest turns that fit on every call (one old turn dropped per call). In a
-            ``Pipeline`` the policy applies within the room the summary and recall leave.
+            :class:`~convmem.strategies.BlockTruncation` with its defaults), drops old turns in
+            blocks and then keeps the first kept turn fixed until the limit is hit again, so
+            the prompt prefix stays the same between calls and providers' prompt caches match
+            it. Each drop goes down to a low-water mark chosen from the size of the newest
+            turns: the smallest drop that keeps about 85% of the prompt tokens cacheable
+            (``target_cacheable``), between 65% and 95% of the room (notes
+            ``cache_block_dropped`` and ``cache_prefix_kept`` say what was chosen and kept
+            stable). ``None``: a sliding window, the newest turns that fit on every call (one
+            old turn dropped per call). In a ``Pipeline`` the policy applies within the room
+            the summary and recall leave.
 
     Raises:
         UsageError: a limit is not a positive int, or the cache policy is not one.
