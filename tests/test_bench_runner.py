@@ -526,8 +526,9 @@ def test_locomo_truncate_matches_reference_figures() -> None:
         assert abs(share - reference) < 0.1, (budget, share)
         assert 0.9 * budget < row.mean_tokens <= budget
         assert row.all_evidence() <= share  # type: ignore[operator]
-        # Default Truncate drops whole blocks down to its low-water mark (0.65 of the budget)
-        # and grows back, so it sends between the two on average, never over the budget.
+        # Default Truncate drops whole blocks down to its low-water mark (chosen per drop,
+        # never below 0.65 of the budget) and grows back, so it sends between the two on
+        # average, never over the budget.
         block = report.row(f"truncate-{budget}")
         assert 0.65 * budget < block.mean_tokens <= budget, (budget, block.mean_tokens)
         block_share = block.evidence_recall()

@@ -67,7 +67,7 @@ def test_block_policy_says_what_was_kept_stable() -> None:
         conv.send(f"m{i}")
         assert conv.last_plan is not None
         notes.append([n for n in conv.last_plan.notes if n.kind.startswith("cache_")])
-    # Call 4 is the first over max_turns=3: a block drop (65% of 3 -> 1 turn kept).
+    # Call 4 is the first over max_turns=3: a block drop (to the floor, 65% of 3 -> 1 turn).
     assert [n.kind for n in notes[4]] == ["cache_block_dropped"]
     assert notes[4][0].data["kept_from"] == 3 and notes[4][0].data["dropped_turns"] == 3
     assert [n.kind for n in notes[5]] == ["cache_prefix_kept"]
