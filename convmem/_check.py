@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -135,3 +136,28 @@ def chroma_collection_name(name: str, value: Any) -> str:
 def optional(check: Callable[[str, Any], T], name: str, value: Any) -> T | None:
     """``None``, or a value that passes ``check``."""
     return None if value is None else check(name, value)
+
+
+def renamed_keywords(
+    owner: str, deprecated: dict[str, Any], renamed: dict[str, str], given: dict[str, Any]
+) -> dict[str, Any]:
+    """Accepts keywords renamed in a release (``renamed``: old name -> new name).
+
+    Each old name used warns (DeprecationWarning) and its value replaces the new name's in
+    ``given``, which is returned. Any other keyword in ``deprecated`` is a TypeError, as Python
+    raises for an unknown keyword.
+    """
+    unknown = sorted(set(deprecated) - set(renamed))
+    if unknown:
+        raise TypeError(f"{owner}() got unexpected keyword argument(s) {unknown}")
+    out = dict(given)
+    for old, new in renamed.items():
+        if old in deprecated:
+            warnings.warn(
+                f"{owner}({old}=...) is now {new}=... (the old name is removed in the next "
+                "release)",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            out[new] = deprecated[old]
+    return out

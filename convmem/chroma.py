@@ -182,10 +182,50 @@ def release(
             close()
 
 
+#: Rows per Chroma ``get``: one get of a 100k-turn conversation (200k rows) fails inside
+#: Chroma with "too many SQL variables", so reads are paged.
+GET_PAGE = 5_000
+
+
+def get_all(
+    collection: Any,
+    *,
+    include: list[str],
+    where: dict[str, Any] | None = None,
+    ids: list[str] | None = None,
+) -> dict[str, list[Any]]:
+    """``collection.get`` of every matching row, read in pages of :data:`GET_PAGE`.
+
+    Returns ``{"ids": [...], <each included field>: [...]}``, rows in Chroma's order.
+    """
+    out: dict[str, list[Any]] = {"ids": [], **{field: [] for field in include}}
+
+    def take(page: Any) -> int:
+        got = list(page.get("ids") or [])
+        out["ids"] += got
+        for field in include:
+            values = page.get(field)
+            out[field] += list(values) if values is not None else [None] * len(got)
+        return len(got)
+
+    if ids is not None:
+        for start in range(0, len(ids), GET_PAGE):
+            take(collection.get(ids=ids[start : start + GET_PAGE], include=include))
+        return out
+    offset = 0
+    while True:
+        n = take(collection.get(where=where, include=include, limit=GET_PAGE, offset=offset))
+        if n < GET_PAGE:
+            return out
+        offset += n
+
+
 __all__ = [
+    "GET_PAGE",
     "DirectoryLock",
     "ephemeral_admin",
     "ephemeral_client",
+    "get_all",
     "import_chromadb",
     "is_http",
     "open_client",

@@ -425,7 +425,12 @@ class LexicalIndex:
         return [LexicalHit(int(t), int(p), -float(r)) for t, p, r in rows]
 
     def common_terms(self, conversation_id: str, terms: Sequence[str], share: float) -> set[str]:
-        """Of ``terms``, those found in more than ``share`` of the conversation's units.
+        """Of ``terms``, those found in more than ``share`` of the conversation's units."""
+        size, counts = self.term_counts(conversation_id, terms)
+        return {t for t in terms if size and counts.get(t, 0) > share * size}
+
+    def term_counts(self, conversation_id: str, terms: Sequence[str]) -> tuple[int, dict[str, int]]:
+        """The conversation's unit count, and how many of its units hold each term.
 
         Counts are cached per conversation and refreshed when it has grown by a tenth.
         """
@@ -442,7 +447,7 @@ class LexicalIndex:
                 cache = self._df[conversation_id] = {}
                 self._totals[conversation_id] = size
             token = _conv_token(conversation_id)
-            out: set[str] = set()
+            out: dict[str, int] = {}
             for term in terms:
                 word = term.replace('"', "")
                 if not word.strip():
@@ -455,9 +460,8 @@ class LexicalIndex:
                             (f'conv : "{token}" AND "{word}"',),
                         ).fetchone()[0]
                     )
-                if size and df > share * size:
-                    out.add(term)
-            return out
+                out[term] = df
+            return size, out
 
     def keys(self, conversation_id: str) -> set[tuple[int, int]]:
         """The (turn id, part) pairs indexed for a conversation."""

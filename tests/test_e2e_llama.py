@@ -293,7 +293,9 @@ def test_long_chinese_conversation_with_the_recommended_pipeline_never_gets_a_40
         ),
         Truncate(),
     )
-    rec = _long_chinese_conversation(small_server, strategy)
+    # 20 turns: the 512-token window is full by the fourth, so each later call goes through
+    # summary, recall and truncation under a full window (30 turns took 205 s here).
+    rec = _long_chinese_conversation(small_server, strategy, turns=20)
     assert rec.refusals == 0
 
 

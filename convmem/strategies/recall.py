@@ -30,7 +30,7 @@ import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .. import _check
 from ..errors import UsageError
@@ -50,6 +50,7 @@ from .recall_budget import (
 from .recall_fusion import (
     COMMON_TERM_SHARE,
     DEFAULT_DATE_BONUS,
+    KEYWORD_MATCH_CAP,
     LATER_MENTION_RANK,
     RRF_K,
     Candidates,
@@ -67,12 +68,17 @@ from .recall_units import (
     render_message,
     render_section,
     render_turn,
+    session_cost,
     speaker_lines,
     tool_group,
     unit_text,
     units_of,
     window_keys,
+    window_line,
 )
+
+if TYPE_CHECKING:
+    from ..store import TurnStore
 
 RECALL_JOB = "recall"
 _instances = itertools.count()
@@ -91,6 +97,10 @@ DEFAULT_CANDIDATES = 50
 #: Neighbours on each side sent (and indexed) with a recalled message. Measured on the LoCoMo
 #: development split: dropping the one before or the one after loses evidence at 2k and 4k.
 DEFAULT_WINDOW = 1
+
+
+#: Keywords renamed in 0.2 (the old names still work, with a DeprecationWarning).
+_RENAMED = {"max_tokens": "max_recall_tokens", "role": "message_role"}
 
 
 class VectorRecall:
@@ -158,7 +168,12 @@ class VectorRecall:
         candidates: int = DEFAULT_CANDIDATES,
         **deprecated: Any,
     ) -> None:
-        max_recall_tokens, message_role = _renamed(deprecated, max_recall_tokens, message_role)
+        given: dict[str, Any] = {
+            "max_recall_tokens": max_recall_tokens,
+            "message_role": message_role,
+        }
+        given = _check.renamed_keywords("VectorRecall", deprecated, _RENAMED, given)
+        max_recall_tokens, message_role = given["max_recall_tokens"], given["message_role"]
         max_tokens = max_recall_tokens
         role = message_role
         if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
@@ -212,7 +227,7 @@ class VectorRecall:
         # and whether this process has checked the store against the history.
         self._edges: dict[str, dict[tuple[str, int], Turn]] = {}
         self._checked: set[str] = set()
-        self._line_tokens: weakref.WeakKeyDictionary[Turn, dict[Any, int]] = (
+        self._line_tokens: weakref.WeakKeyDictionary[Turn, dict[Any, tuple[str, int]]] = (
             weakref.WeakKeyDictionary()
         )
         self._words: weakref.WeakKeyDictionary[Turn, dict[int, frozenset[str]]] = (
@@ -390,17 +405,12 @@ class VectorRecall:
             if check:
                 stored = self._repair(conversation_id, history)
                 self._checked.add(conversation_id)
-            vector = self._query_vector(query)
             store = self.store
+            vector = self._query_vector(query)
             dense = store.query(
                 conversation_id, vector, k=self.candidates, min_score=self.min_score
             )
-            keyword: list[Any] = []
-            if self.keyword:
-                from ..lexical import query_terms
-
-                terms = store.keyword_terms(conversation_id, query_terms(query), COMMON_TERM_SHARE)
-                keyword = store.keyword_search(conversation_id, terms, k=self.candidates)
+            keyword = self._keyword_hits(store, conversation_id, query) if self.keyword else []
             return Candidates(
                 query=query,
                 dense=tuple((h.turn_id, h.part, h.score) for h in dense),
@@ -410,6 +420,14 @@ class VectorRecall:
             )
 
         return [LocalJob(self.job_key, search)]
+
+    def _keyword_hits(self, store: TurnStore, conversation_id: str, query: str) -> list[Any]:
+        from ..lexical import query_terms
+
+        terms = store.keyword_terms(
+            conversation_id, query_terms(query), COMMON_TERM_SHARE, KEYWORD_MATCH_CAP
+        )
+        return store.keyword_search(conversation_id, terms, k=self.candidates)
 
     def build(self, request: ContextRequest) -> ContextPlan:
         return compose(request, [self], name=self.name)
@@ -463,7 +481,18 @@ class VectorRecall:
         spent = 0
         chosen = 0
         header_cost = request.counter.count_text(data_section("recalled", RECALL_HEADER, "")) + 4
-        per_block = 12  # a window's turn/time line, plus its share of a session's tags
+        # A window's "turns 10-11, 14:05:" line, and a session's tags the first time a window
+        # of that day is chosen (windows of one day share them).
+        per_day = session_cost(request.counter)
+        days: set[int] = set()
+
+        def frame(keys: Sequence[Key], new_days: set[int]) -> int:
+            day = int(turns[keys[0][0]].created_at // 86_400)
+            fresh = day not in days and day not in new_days
+            new_days.add(day)
+            line = request.counter.count_text(window_line(turns, keys) + "\n")
+            return int(line) + (per_day if fresh else 0)
+
         for key in order:
             if self.k is not None and chosen >= self.k:
                 break
@@ -473,7 +502,8 @@ class VectorRecall:
             new = [m for m in group if m not in sent]
             if not new:
                 continue
-            cost = sum(self._tokens(request, turns, m) for m in new) + per_block
+            chosen_days: set[int] = set()
+            cost = sum(self._line(request, turns, m)[1] for m in new) + frame(new, chosen_days)
             if (header_cost if not sent else 0) + spent + cost > budget:
                 continue  # a shorter window further down may still fit
             # The fact the query asks about may be a neighbour of the unit that ranked (its
@@ -493,10 +523,12 @@ class VectorRecall:
                 ]
                 group += extra
                 new += extra
-                cost += sum(self._tokens(request, turns, m) for m in extra) + per_block
+                cost += sum(self._line(request, turns, m)[1] for m in extra)
+                cost += frame(extra, chosen_days) if extra else 0
                 if (header_cost if not sent else 0) + spent + cost > budget:
                     continue  # never a recalled fact without its later mention
             spent += cost + (header_cost if not sent else 0)
+            days |= chosen_days
             chosen += 1
             for m in new:
                 sent[m] = fused[key]
@@ -511,9 +543,7 @@ class VectorRecall:
             if order:
                 comp.note("recall_nothing_fits")
             return
-        message = render_section(
-            turns, sent, role=self.message_role, include_tool_output=self.include_tool_output
-        )
+        message = self._render(request, turns, sent)
         tokens = request.counter.count_message(message)
         while tokens > budget and sent:  # the estimate above was short: drop the weakest
             over = tokens - budget
@@ -521,10 +551,8 @@ class VectorRecall:
                 weakest = min(sent, key=lambda m: (sent[m], m))
                 for m in tool_group(turns, weakest):  # a tool call and its results go together
                     if sent.pop(m, None) is not None:
-                        over -= self._tokens(request, turns, m)
-            message = render_section(
-                turns, sent, role=self.message_role, include_tool_output=self.include_tool_output
-            )
+                        over -= self._line(request, turns, m)[1]
+            message = self._render(request, turns, sent)
             tokens = request.counter.count_message(message)
         if not sent:
             return
@@ -566,18 +594,28 @@ class VectorRecall:
             words = cache[key[1]] = message_stems(turn, key[1])
         return words
 
-    def _tokens(self, request: ContextRequest, turns: Sequence[Turn], key: Key) -> int:
-        """The message's tokens in the recalled section, cached per turn."""
+    def _line(self, request: ContextRequest, turns: Sequence[Turn], key: Key) -> tuple[str, int]:
+        """The message's lines in the recalled section and their tokens, cached per turn."""
         turn = turns[key[0]]
         cache = self._line_tokens.setdefault(turn, {})
         ck = (id(request.counter), key[1], self.include_tool_output)
-        n = cache.get(ck)
-        if n is None:
+        got = cache.get(ck)
+        if got is None:
             text = message_lines(
                 turn.messages[key[1]], include_tool_output=self.include_tool_output
             )
-            n = cache[ck] = request.counter.count_text(text) + 1
-        return n
+            # Counted with its line break: after punctuation the two are one token.
+            got = cache[ck] = (text, request.counter.count_text(text + "\n"))
+        return got
+
+    def _render(self, request: ContextRequest, turns: Sequence[Turn], keys: Any) -> Message:
+        return render_section(
+            turns,
+            keys,
+            role=self.message_role,
+            include_tool_output=self.include_tool_output,
+            lines=lambda m: self._line(request, turns, m)[0],
+        )
 
 
 def _set_parts(comp: Composition, turn_id: int, parts: tuple[int, ...]) -> None:
@@ -585,28 +623,6 @@ def _set_parts(comp: Composition, turn_id: int, parts: tuple[int, ...]) -> None:
 
     decision = comp.decisions[turn_id]
     comp.decisions[turn_id] = dataclasses.replace(decision, parts=parts)
-
-
-def _renamed(
-    deprecated: dict[str, Any], max_recall_tokens: int | None, message_role: str
-) -> tuple[int | None, str]:
-    """Accepts the pre-0.2 keywords ``max_tokens`` and ``role`` with a DeprecationWarning."""
-    for old, new in (("max_tokens", "max_recall_tokens"), ("role", "message_role")):
-        if old in deprecated:
-            warnings.warn(
-                f"VectorRecall({old}=...) is now {new}=... (the old name is removed in the "
-                "next release)",
-                DeprecationWarning,
-                stacklevel=3,
-            )
-    unknown = sorted(set(deprecated) - {"max_tokens", "role"})
-    if unknown:
-        raise TypeError(f"VectorRecall() got unexpected keyword argument(s) {unknown}")
-    if "max_tokens" in deprecated:
-        max_recall_tokens = deprecated["max_tokens"]
-    if "role" in deprecated:
-        message_role = deprecated["role"]
-    return max_recall_tokens, message_role
 
 
 __all__ = [
@@ -617,6 +633,7 @@ __all__ = [
     "DEFAULT_RECENT_SHARE",
     "DEFAULT_RECENT_TURNS",
     "DEFAULT_WINDOW",
+    "KEYWORD_MATCH_CAP",
     "LATER_MENTION_RANK",
     "RECALL_HEADER",
     "RRF_K",

@@ -33,6 +33,12 @@ DEFAULT_DATE_BONUS = 1 / (RRF_K + 1)
 #: everything and would only add noise.
 COMMON_TERM_SHARE = 0.2
 
+#: The keyword query keeps its rarest words while the units they are found in add up to at
+#: most this many (``TurnStore.keyword_terms``): FTS5 ranks every match (about 3.5 us each
+#: here), so a long conversation's common words would cost milliseconds for weak matches.
+#: A LoCoMo-sized conversation (under a thousand messages) is never cut.
+KEYWORD_MATCH_CAP = 1_000
+
 #: A later candidate among this many of the best that shares a word of the query with a
 #: recalled message counts as a later mention of it (and comes along).
 LATER_MENTION_RANK = 30
@@ -191,6 +197,7 @@ def later_mention(
 __all__ = [
     "COMMON_TERM_SHARE",
     "DEFAULT_DATE_BONUS",
+    "KEYWORD_MATCH_CAP",
     "LATER_MENTION_RANK",
     "RRF_K",
     "Candidates",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..history import Turn
 from ..messages import Message, text_of
@@ -200,14 +200,30 @@ def message_lines(msg: Message, *, include_tool_output: bool = False) -> str:
     return "\n".join(quote_speaker(who, what) for who, what in pairs)
 
 
+def session_cost(counter: Any) -> int:
+    """Tokens of one session's tags in :func:`render_section` (its date included)."""
+    return int(counter.count_text(quoted_block("session", "", {"date": "Wed 30 Sep 2026"}))) + 1
+
+
+def window_line(turns: Sequence[Turn], keys: Sequence[Key]) -> str:
+    """The line :func:`render_section` puts above a window: its turns and time."""
+    ids = sorted({turns[i].id for i, _ in keys})
+    span = f"turn {ids[0]}" if len(ids) == 1 else f"turns {ids[0]}-{ids[-1]}"
+    when = time.gmtime(turns[keys[0][0]].created_at)
+    return f"{span}, {time.strftime('%H:%M', when)}:"
+
+
 def render_section(
     turns: Sequence[Turn],
     keys: Iterable[Key],
     *,
     role: str = "system",
     include_tool_output: bool = False,
+    lines: Callable[[Key], str] | None = None,
 ) -> Message:
-    """The recalled section: ``keys``' messages quoted in date order under time headers."""
+    """The recalled section: ``keys``' messages quoted in date order under time headers.
+
+    ``lines`` gives a message's quoted lines (:func:`message_lines`), e.g. from a cache."""
     blocks: list[list[Key]] = []
     for m in sorted(keys):
         if blocks and step(turns, blocks[-1][-1], +1) == m:
@@ -227,13 +243,14 @@ def render_section(
             if body:
                 quoted.append(quoted_block("session", "\n".join(body), {"date": day}))
             day, body = this_day, []
-        ids = sorted({turns[i].id for i, _ in block})
-        span = f"turn {ids[0]}" if len(ids) == 1 else f"turns {ids[0]}-{ids[-1]}"
-        body.append(f"{span}, {time.strftime('%H:%M', when)}:")
-        body.extend(
-            message_lines(turns[i].messages[p], include_tool_output=include_tool_output)
-            for i, p in block
-        )
+        body.append(window_line(turns, block))
+        if lines is not None:
+            body.extend(lines(m) for m in block)
+        else:
+            body.extend(
+                message_lines(turns[i].messages[p], include_tool_output=include_tool_output)
+                for i, p in block
+            )
     if body:
         quoted.append(quoted_block("session", "\n".join(body), {"date": day}))
     return {"role": role, "content": data_section("recalled", RECALL_HEADER, "\n".join(quoted))}
@@ -247,10 +264,12 @@ __all__ = [
     "render_message",
     "render_section",
     "render_turn",
+    "session_cost",
     "speaker_lines",
     "step",
     "tool_group",
     "unit_text",
     "units_of",
     "window_keys",
+    "window_line",
 ]
