@@ -31,6 +31,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -273,6 +274,10 @@ def _conv_token(conversation_id: str) -> str:
     return "c" + hashlib.sha256(conversation_id.encode("utf-8")).hexdigest()[:20]
 
 
+#: How long a conversation's unit count is trusted before it is counted again.
+SIZE_RECOUNT_SECONDS = 30.0
+
+
 class LexicalIndex:
     """An FTS5 BM25 index of units, shared by many conversations, each searched alone.
 
@@ -292,6 +297,8 @@ class LexicalIndex:
         self._lock = threading.Lock()
         self._df: dict[str, dict[str, int]] = {}
         self._totals: dict[str, int] = {}
+        # conversation -> (units counted, when, units this process added since)
+        self._sizes: dict[str, tuple[int, float, int]] = {}
         self._db = sqlite3.connect(
             self._path or ":memory:", check_same_thread=False, isolation_level=None, timeout=30
         )
@@ -380,6 +387,9 @@ class LexicalIndex:
                         "INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)",
                         (conv, unit.turn_id, unit.part, cur.lastrowid),
                     )
+                    known = self._sizes.get(conv)
+                    if known is not None and old is None:
+                        self._sizes[conv] = (known[0], known[1], known[2] + 1)
                 db.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
@@ -437,11 +447,7 @@ class LexicalIndex:
         with self._lock:
             self._check_open()
             total = self._totals.get(conversation_id)
-            size = int(
-                self._db.execute(
-                    "SELECT count(*) FROM keys WHERE conv = ?", (conversation_id,)
-                ).fetchone()[0]
-            )
+            size = self._size(conversation_id)
             cache = self._df.get(conversation_id)
             if cache is None or total is None or size > total * 1.1 + 10:
                 cache = self._df[conversation_id] = {}
@@ -462,6 +468,24 @@ class LexicalIndex:
                     )
                 out[term] = df
             return size, out
+
+    def _size(self, conversation_id: str) -> int:
+        """The conversation's unit count: counted again when this process has added a tenth
+        more since, or after :data:`SIZE_RECOUNT_SECONDS` (other processes write too); counting
+        200k units took 10 ms, too much for every query. Callers hold the lock."""
+        now = time.monotonic()
+        known = self._sizes.get(conversation_id)
+        if known is not None:
+            counted, at, added = known
+            if now - at < SIZE_RECOUNT_SECONDS and added <= counted * 0.1 + 10:
+                return counted + added
+        counted = int(
+            self._db.execute(
+                "SELECT count(*) FROM keys WHERE conv = ?", (conversation_id,)
+            ).fetchone()[0]
+        )
+        self._sizes[conversation_id] = (counted, now, 0)
+        return counted
 
     def keys(self, conversation_id: str) -> set[tuple[int, int]]:
         """The (turn id, part) pairs indexed for a conversation."""
@@ -485,6 +509,8 @@ class LexicalIndex:
                 )
                 db.execute("DELETE FROM keys WHERE conv = ?", (conversation_id,))
                 db.execute("COMMIT")
+                self._sizes.pop(conversation_id, None)
+                self._df.pop(conversation_id, None)
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")

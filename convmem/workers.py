@@ -131,4 +131,18 @@ def start_daemon(fn: Callable[[], T], name: str) -> Future[T]:
     return fut
 
 
-__all__ = ["EXIT_WAIT_SECONDS", "MAX_WORKERS", "POOL", "WorkerPool", "start_daemon"]
+_QUERY_POOL: WorkerPool | None = None
+_QUERY_POOL_LOCK = threading.Lock()
+
+
+def query_pool() -> WorkerPool:
+    """Daemon threads for work a call waits on, run next to its own (the keyword search while
+    the query is embedded); apart from :data:`POOL` so busy background jobs never delay it."""
+    global _QUERY_POOL
+    with _QUERY_POOL_LOCK:
+        if _QUERY_POOL is None:
+            _QUERY_POOL = WorkerPool(max_workers=4, name="convmem-query")
+        return _QUERY_POOL
+
+
+__all__ = ["EXIT_WAIT_SECONDS", "MAX_WORKERS", "POOL", "WorkerPool", "query_pool", "start_daemon"]

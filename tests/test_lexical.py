@@ -107,3 +107,26 @@ def test_term_counts_per_conversation() -> None:
     size, counts = index.term_counts("c", ["garage", "train", "zebra"])
     assert size == 40 and counts == {"garage": 40, "train": 40, "zebra": 0}
     assert index.term_counts("d", ["garage"]) == (7, {"garage": 7})
+
+
+def test_unit_count_follows_this_process_and_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import convmem.lexical as lexical_mod
+
+    path = tmp_path / "kw.db"
+    mine, other = LexicalIndex(path), LexicalIndex(path)
+    mine.add([LexicalUnit("c", i, 0, "alpha", 0.0) for i in range(20)])
+    assert mine.term_counts("c", ["alpha"]) == (20, {"alpha": 20})
+    mine.add([LexicalUnit("c", i, 0, "alpha", 0.0) for i in range(20, 25)])  # counted here
+    assert mine.term_counts("c", ["alpha"])[0] == 25
+    mine.add([LexicalUnit("c", 3, 0, "alpha again", 0.0)])  # a replacement adds no unit
+    assert mine.term_counts("c", ["alpha"])[0] == 25
+    other.add([LexicalUnit("c", i, 0, "beta", 0.0) for i in range(100, 102)])
+    assert mine.term_counts("c", ["alpha"])[0] == 25  # not counted again yet
+    monkeypatch.setattr(lexical_mod, "SIZE_RECOUNT_SECONDS", 0.0)
+    assert mine.term_counts("c", ["alpha"])[0] == 27  # counted again: the other's units too
+    mine.delete_conversation("c")
+    assert mine.term_counts("c", ["alpha"]) == (0, {"alpha": 0})
+    mine.close()
+    other.close()

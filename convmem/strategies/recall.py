@@ -23,6 +23,7 @@ This module holds the strategy (storing units, the recall job, choosing what fit
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -39,6 +40,7 @@ from ..messages import Message
 from ..plan import ContextPlan
 from ..quoting import data_section
 from ..strategy import ContextRequest, Job, LocalJob
+from ..workers import query_pool
 from .compose import Composition, compose
 from .recall_budget import (
     DEFAULT_RECENT_SHARE,
@@ -406,11 +408,13 @@ class VectorRecall:
                 stored = self._repair(conversation_id, history)
                 self._checked.add(conversation_id)
             store = self.store
+            # Keywords are searched in another thread meanwhile (SQLite and BLAS free the GIL).
+            job = query_pool().submit(lambda: self._keyword_hits(store, conversation_id, query))
             vector = self._query_vector(query)
             dense = store.query(
                 conversation_id, vector, k=self.candidates, min_score=self.min_score
             )
-            keyword = self._keyword_hits(store, conversation_id, query) if self.keyword else []
+            keyword = job.result()
             return Candidates(
                 query=query,
                 dense=tuple((h.turn_id, h.part, h.score) for h in dense),
@@ -422,6 +426,8 @@ class VectorRecall:
         return [LocalJob(self.job_key, search)]
 
     def _keyword_hits(self, store: TurnStore, conversation_id: str, query: str) -> list[Any]:
+        if not self.keyword:
+            return []
         from ..lexical import query_terms
 
         terms = store.keyword_terms(
@@ -619,10 +625,7 @@ class VectorRecall:
 
 
 def _set_parts(comp: Composition, turn_id: int, parts: tuple[int, ...]) -> None:
-    import dataclasses
-
-    decision = comp.decisions[turn_id]
-    comp.decisions[turn_id] = dataclasses.replace(decision, parts=parts)
+    comp.decisions[turn_id] = dataclasses.replace(comp.decisions[turn_id], parts=parts)
 
 
 __all__ = [
