@@ -1,9 +1,10 @@
 """Sentence embeddings through ONNX Runtime: the same vectors as sentence-transformers, faster.
 
 On this project's 2-core machine all-MiniLM-L6-v2 embeds one short query in about 17 ms with
-PyTorch and 8 ms with ONNX Runtime on the same single thread (``convmem bench recall`` prints
-both), and the vectors agree to a cosine of 1.0000: a store written through either backend is
-read by the other. ``onnxruntime`` is already installed with Chroma.
+PyTorch and 8 ms with ONNX Runtime on the same single thread (``convmem bench recall`` reports
+the backend in use; ``CONVMEM_EMBED_BACKEND=torch`` selects torch), and the vectors agree to
+within 2e-7: a store written through either backend is read by the other. ``onnxruntime`` is
+already installed with Chroma.
 
 :class:`OnnxEmbedder` runs a sentence-transformers model directory whose modules are a
 Transformer, a mean or CLS :class:`Pooling` and optionally :class:`Normalize` (the shape of

@@ -106,6 +106,7 @@ class RecallSpeedReport:
     embed_texts: int = 0
     embed_texts_per_s: float | None = None
     embed_batch: int = 64
+    embed_backend: str = ""
     index_turns: int = 0
     index_turns_per_s: float | None = None
     environment: dict[str, Any] = field(default_factory=dict)
@@ -162,7 +163,8 @@ class RecallSpeedReport:
             )
         if self.embed_texts_per_s is not None:
             lines.append(
-                f"embedding alone (all-MiniLM-L6-v2, batch {self.embed_batch}): "
+                f"embedding alone (all-MiniLM-L6-v2{self.embed_backend}, batch "
+                f"{self.embed_batch}): "
                 f"{self.embed_texts_per_s:,.0f} texts/s over {self.embed_texts} texts"
             )
         targets = self.targets()
@@ -392,6 +394,8 @@ def run_recall(
 
         embedder = resolve_embedder(None, batch_size=embed_batch)
         embedder(["warm up"])
+        onnx = type(embedder).__name__ == "OnnxEmbedder"
+        report.embed_backend = " on ONNX Runtime" if onnx else " on sentence-transformers"
     except (ConvmemError, ImportError) as exc:
         report.skipped = f"vector recall is not available ({exc}): pip install 'convmem[recall]'"
         return report
