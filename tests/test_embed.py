@@ -255,7 +255,13 @@ def test_unknown_model_name_fails_clearly_and_is_not_cached(
 
 
 @pytest.mark.recall
-def test_concurrent_embedding_matches_serial(torch_embedder: SentenceTransformerEmbedder) -> None:
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_concurrent_embedding_matches_serial(
+    backend: str, torch_embedder: SentenceTransformerEmbedder
+) -> None:
+    """Threads sharing one model (and one ONNX session) get the serial vectors."""
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
     texts = [f"thread test sentence number {i} about topic {i % 3}" for i in range(12)]
     expected = torch_embedder(texts)
     results: dict[int, list[list[float]]] = {}
@@ -263,7 +269,7 @@ def test_concurrent_embedding_matches_serial(torch_embedder: SentenceTransformer
 
     def work(worker: int) -> None:
         try:
-            results[worker] = resolve_embedder(backend="torch")(texts)
+            results[worker] = resolve_embedder(backend=backend)(texts)
         except BaseException as exc:  # surfaced below; a thread would swallow it
             errors.append(exc)
 

@@ -12,7 +12,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -180,24 +179,3 @@ def test_bad_arguments_fail_before_loading() -> None:
         OnnxEmbedder(layout, b"", threads=True)
     with pytest.raises(UsageError, match="not a single string"):
         OnnxEmbedder.__call__(object.__new__(OnnxEmbedder), "one text")  # type: ignore[arg-type]
-
-
-def test_threads_share_one_embedder(onnx_embedder: OnnxEmbedder) -> None:
-    texts = [f"thread test sentence number {i} about topic {i % 3}" for i in range(12)]
-    expected = onnx_embedder(texts)
-    results: dict[int, list[list[float]]] = {}
-    errors: list[BaseException] = []
-
-    def work(worker: int) -> None:
-        try:
-            results[worker] = onnx_embedder(texts)
-        except BaseException as exc:  # surfaced below; a thread would swallow it
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == [] and len(results) == 4
-    assert all(_max_diff(got, expected) == 0.0 for got in results.values())
