@@ -122,18 +122,20 @@ def window_segments(plan: ContextPlan, counter: TokenCounter | None = None) -> l
         s = sections["summary"]
         covers = f", covers turns {_ranges(s.turn_ids)}" if s.turn_ids else ""
         add("summary", s.tokens, "summary", covers)
+    # In the order the messages are sent: the recalled section goes after the recent turns,
+    # next to the new message (the stable prefix first, for prompt caches).
+    new = new_message_tokens(plan, counter)
+    recent = sections.get("recent")
+    if recent is not None:
+        kept = recent.turn_ids[:-1] if new else recent.turn_ids
+        ids = f", turns {_ranges(kept)}" if kept else ""
+        add("recent", recent.tokens - new, "recent turns", ids)
     if "recalled" in sections:
         s = sections["recalled"]
         ids = f", turns {_ranges(s.turn_ids)}" if s.turn_ids else ""
         add("recalled", s.tokens, "recalled turns", ids)
-    new = new_message_tokens(plan, counter)
-    if "recent" in sections:
-        s = sections["recent"]
-        kept = s.turn_ids[:-1] if new else s.turn_ids
-        ids = f", turns {_ranges(kept)}" if kept else ""
-        add("recent", s.tokens - new, "recent turns", ids)
-        if new:
-            add("new", new, "new message", f", turn {s.turn_ids[-1]}")
+    if recent is not None and new:
+        add("new", new, "new message", f", turn {recent.turn_ids[-1]}")
     known = {"system", "tools", "summary", "recalled", "recent"}
     for sec in plan.sections:
         if sec.name not in known:

@@ -118,6 +118,14 @@ def test_plan_html_has_every_section_and_totals_add_up(full_conv: Conversation) 
     segs = {n.attrs["data-segment"]: int(n.attrs["data-tokens"]) for n in bar(root)}
     for key in ("system", "tools", "summary", "recalled", "recent", "new", "free", "reply"):
         assert segs.get(key, 0) > 0, key
+    # The bar draws the parts in the order the messages are sent (recalled after the recent
+    # turns, next to the new message).
+    order = [n.attrs["data-segment"] for n in bar(root)]
+    assert order.index("summary") < order.index("recent") < order.index("recalled")
+    assert order.index("recalled") < order.index("new")
+    roles = [m["role"] for m in plan.messages]
+    recalled_at = next(i for i, m in enumerate(plan.messages) if "convmem-recalled" in str(m))
+    assert recalled_at == len(roles) - 2  # just before the new message
     # The window adds up, and what is sent adds up to the plan's prompt tokens.
     assert sum(segs.values()) == plan.context_window
     sent = sum(v for k, v in segs.items() if k not in ("free", "reply"))
