@@ -405,7 +405,8 @@ def load_conversation(
         if raw.get("conversation_id") is not None:
             saved_id = _saved_text(raw["conversation_id"], "conversation_id")
             try:
-                text_id("conversation_id", saved_id)
+                # The id as saved: repairing a lone surrogate would name another conversation.
+                text_id("conversation_id", raw["conversation_id"])
             except UsageError as exc:
                 raise InvalidHistoryError("conversation_id", str(exc)) from None
         if raw.get("model") is not None:

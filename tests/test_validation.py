@@ -368,6 +368,12 @@ def test_from_json_conversation_id_is_pinned_or_refused() -> None:
     assert trusted.conversation_id == "conv-a"
     with pytest.raises(UsageError, match="conversation_id must be"):
         Conversation.from_json(server.client(), doc, conversation_id=5)
+    # A saved id no convmem could have written is refused, not repaired into another id
+    # (hypothesis found a lone surrogate turned into U+FFFD, and '\x1f' accepted).
+    for bad in ("\ud800", "a\udfffb", "\x1f", "x" * 257):
+        with pytest.raises(InvalidHistoryError) as refused:
+            Conversation.from_json(server.client(), {**good_document(), "conversation_id": bad})
+        assert refused.value.field == "conversation_id"
 
 
 def test_from_json_round_trips_a_valid_document_exactly() -> None:
