@@ -5,6 +5,8 @@ a thread per conversation (500 conversations used to make 501 threads). Workers 
 threads, started on demand up to :data:`MAX_WORKERS` and stopped after a minute idle, so a job
 that hangs (an embedder, a Chroma server) can never keep the process from exiting; at exit the
 pool waits up to :data:`EXIT_WAIT_SECONDS` for queued work (turns being stored) to finish.
+A second, smaller pool (:func:`query_pool`) runs work a call waits on next to its own (the
+keyword search while the query is embedded), so busy background jobs never delay it.
 """
 
 from __future__ import annotations

@@ -409,12 +409,13 @@ class VectorRecall:
                 self._checked.add(conversation_id)
             store = self.store
             # Keywords are searched in another thread meanwhile (SQLite and BLAS free the GIL).
-            job = query_pool().submit(lambda: self._keyword_hits(store, conversation_id, query))
+            find_keywords = lambda: self._keyword_hits(store, conversation_id, query)  # noqa: E731
+            job = query_pool().submit(find_keywords) if self.keyword else None
             vector = self._query_vector(query)
             dense = store.query(
                 conversation_id, vector, k=self.candidates, min_score=self.min_score
             )
-            keyword = job.result()
+            keyword = job.result() if job is not None else []
             return Candidates(
                 query=query,
                 dense=tuple((h.turn_id, h.part, h.score) for h in dense),
@@ -426,8 +427,6 @@ class VectorRecall:
         return [LocalJob(self.job_key, search)]
 
     def _keyword_hits(self, store: TurnStore, conversation_id: str, query: str) -> list[Any]:
-        if not self.keyword:
-            return []
         from ..lexical import query_terms
 
         terms = store.keyword_terms(
