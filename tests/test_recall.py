@@ -309,6 +309,19 @@ def test_keyword_match_found_where_vectors_are_blind() -> None:
     plan = conv.preview("what opens my bicycle lock")
     assert 11 in plan.recalled
     assert "7319" in plan.section("recalled").messages[0]["content"]  # type: ignore[union-attr]
+    assert any("keywords #" in d.reason for d in plan.turn_decisions if d.turn_id == 11)
+    # With keywords off the same blind vectors cannot single it out: no keyword hit is used.
+    dense_only = VectorRecall(
+        collection="test_kw_off", embedder=lambda ts: [[1.0, 0.0, 0.0] for _ in ts], keyword=False
+    )
+    dense_conv = Conversation(
+        echo_server(1).client(),
+        model="gpt-4o-mini",
+        strategy=Pipeline(dense_only, Truncate(max_tokens=600)),
+    )
+    dense_conv.extend(long_log(80, 11, "My bicycle lock combination is 7319."))
+    off = dense_conv.preview("what opens my bicycle lock")
+    assert "keyword" not in " ".join(d.reason for d in off.turn_decisions if d.action == "recalled")
 
 
 def test_date_in_the_question_favours_turns_from_then() -> None:
