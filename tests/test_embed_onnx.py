@@ -188,6 +188,17 @@ def test_drifting_int8_graph_is_rejected_remembered_and_auto_uses_float(
     assert "drift" in embed_mod.ONNX_FALLBACKS[f"{packaged} (int8)"]
 
 
+def _run_python(code: str, cache: Path) -> tuple[Any, str]:
+    """Runs ``code`` in a new interpreter with ``cache`` as the graph cache; returns the JSON
+    of its last printed line, and its stderr."""
+    env = {**os.environ, "CONVMEM_CACHE_DIR": str(cache)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=180
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
 def test_quantizing_leaves_logging_alone(cache_dir: Path, tmp_path: Path) -> None:
     # ONNX Runtime's quantiser logs advice on the root logger; with no handler configured that
     # would install one (basicConfig) in the user's process.
@@ -199,13 +210,9 @@ def test_quantizing_leaves_logging_alone(cache_dir: Path, tmp_path: Path) -> Non
         "e = OnnxEmbedder.from_directory(gt.get_model_path(), quantized=True)\n"
         "print(json.dumps([e.quantized, len(logging.getLogger().handlers)]))\n"
     )
-    env = {**os.environ, "CONVMEM_CACHE_DIR": str(fresh)}
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=180
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == [True, 0]
-    assert "pre-processing" not in done.stderr and "WARNING" not in done.stderr
+    printed, stderr = _run_python(code, fresh)
+    assert printed == [True, 0]
+    assert "pre-processing" not in stderr and "WARNING" not in stderr
     assert list((fresh / "onnx").glob("*-int8-*.onnx"))
 
 
@@ -224,12 +231,7 @@ def test_cached_graph_loads_without_torch(int8_embedder: OnnxEmbedder, cache_dir
         "v = e(['The cat sat on the mat.'])[0]\n"
         "print(json.dumps([type(e).__name__, e.quantized, 'torch' in sys.modules, v[:4]]))\n"
     )
-    env = {**os.environ, "CONVMEM_CACHE_DIR": str(cache_dir)}
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    kind, quantized, torch_loaded, head = json.loads(done.stdout.strip().splitlines()[-1])
+    (kind, quantized, torch_loaded, head), _ = _run_python(code, cache_dir)
     assert kind == "OnnxEmbedder" and quantized is True and torch_loaded is False
     expected = int8_embedder(["The cat sat on the mat."])[0][:4]
     assert max(abs(a - b) for a, b in zip(head, expected, strict=True)) < 1e-6
