@@ -188,6 +188,21 @@ def test_drifting_int8_graph_is_rejected_remembered_and_auto_uses_float(
     assert "drift" in embed_mod.ONNX_FALLBACKS[f"{packaged} (int8)"]
 
 
+def test_int8_graph_is_made_without_symbolic_links(
+    int8_embedder: OnnxEmbedder, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fresh = _cache_with_float_graph(cache_dir, tmp_path / "cache")
+    monkeypatch.setenv("CONVMEM_CACHE_DIR", str(fresh))
+
+    def no_links(self: Path, target: Any, target_is_directory: bool = False) -> None:
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(Path, "symlink_to", no_links)
+    made = OnnxEmbedder.from_directory(_packaged(), quantized=True)  # copies the float graph
+    assert _max_diff(made(TEXTS[:4]), int8_embedder(TEXTS[:4])) < 1e-6
+    assert [p.name.endswith(".onnx") for p in (fresh / "onnx").iterdir()] == [True, True]
+
+
 def _run_python(code: str, cache: Path) -> tuple[Any, str]:
     """Runs ``code`` in a new interpreter with ``cache`` as the graph cache; returns the JSON
     of its last printed line, and its stderr."""
