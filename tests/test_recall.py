@@ -295,10 +295,11 @@ def test_split_is_a_policy_and_visible_in_the_plan() -> None:
     assert sec is not None and sec.tokens <= seen[-1][0] // 2 + 120
 
 
-def test_keyword_match_found_where_vectors_are_blind() -> None:
-    # A constant embedder: every dense score ties, so only the keyword index can find it.
+def _blind_plan(collection: str, *, keyword: bool = True) -> Any:
+    """The plan for a question whose answer only the keyword index can find: every dense
+    score ties under a constant embedder."""
     recall = VectorRecall(
-        collection="test_kw_only", embedder=lambda ts: [[1.0, 0.0, 0.0] for _ in ts]
+        collection=collection, embedder=lambda ts: [[1.0, 0.0, 0.0] for _ in ts], keyword=keyword
     )
     conv = Conversation(
         echo_server(1).client(),
@@ -306,21 +307,16 @@ def test_keyword_match_found_where_vectors_are_blind() -> None:
         strategy=Pipeline(recall, Truncate(max_tokens=600)),
     )
     conv.extend(long_log(80, 11, "My bicycle lock combination is 7319."))
-    plan = conv.preview("what opens my bicycle lock")
+    return conv.preview("what opens my bicycle lock")
+
+
+def test_keyword_match_found_where_vectors_are_blind() -> None:
+    plan = _blind_plan("test_kw_only")
     assert 11 in plan.recalled
-    assert "7319" in plan.section("recalled").messages[0]["content"]  # type: ignore[union-attr]
+    assert "7319" in plan.section("recalled").messages[0]["content"]
     assert any("keywords #" in d.reason for d in plan.turn_decisions if d.turn_id == 11)
     # With keywords off the same blind vectors cannot single it out: no keyword hit is used.
-    dense_only = VectorRecall(
-        collection="test_kw_off", embedder=lambda ts: [[1.0, 0.0, 0.0] for _ in ts], keyword=False
-    )
-    dense_conv = Conversation(
-        echo_server(1).client(),
-        model="gpt-4o-mini",
-        strategy=Pipeline(dense_only, Truncate(max_tokens=600)),
-    )
-    dense_conv.extend(long_log(80, 11, "My bicycle lock combination is 7319."))
-    off = dense_conv.preview("what opens my bicycle lock")
+    off = _blind_plan("test_kw_off", keyword=False)
     assert "keyword" not in " ".join(d.reason for d in off.turn_decisions if d.action == "recalled")
 
 
