@@ -284,17 +284,17 @@ def quantized_graph(layout: ModelLayout) -> bytes | Path:
             remembered (a ``.rejected`` file beside, with the reason), so later loads go to the
             float graph without quantising again.
     """
-    float_graph = exported_graph(layout)
     digest = _weights_digest(layout)
     name = f"{layout.directory.name or 'model'}-{digest}-int8-r{_INT8_RECIPE}.onnx"
     folder = cache_directory() / "onnx"
     path = folder / name
     rejected = folder / f"{name}.rejected"
     if path.is_file():
-        return path
+        return path  # the float graph is not needed (nor exported again if it was removed)
     if rejected.is_file():
         reason = rejected.read_text(encoding="utf-8", errors="replace").strip()
         raise UnsupportedModel(reason or "its int8 graph was rejected earlier")
+    float_graph = exported_graph(layout)
     writable = isinstance(float_graph, Path)
     try:
         # A private folder: the quantiser writes a scratch file beside its input.

@@ -6,7 +6,7 @@ threads, started on demand up to :data:`MAX_WORKERS` and stopped after a minute 
 that hangs (an embedder, a Chroma server) can never keep the process from exiting; at exit the
 pool waits up to :data:`EXIT_WAIT_SECONDS` for queued work (turns being stored) to finish.
 A second, smaller pool (:func:`query_pool`) runs work a call waits on next to its own (the
-keyword search while the query is embedded), so busy background jobs never delay it.
+keyword search while the vectors are searched), so busy background jobs never delay it.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ _QUERY_POOL_LOCK = threading.Lock()
 
 def query_pool() -> WorkerPool:
     """Daemon threads for work a call waits on, run next to its own (the keyword search while
-    the query is embedded); apart from :data:`POOL` so busy background jobs never delay it."""
+    the vectors are searched); apart from :data:`POOL` so busy background jobs never delay it."""
     global _QUERY_POOL
     with _QUERY_POOL_LOCK:
         if _QUERY_POOL is None:

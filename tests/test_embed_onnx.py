@@ -143,7 +143,11 @@ def test_int8_vectors_stay_close_and_the_graph_is_cached(
     def no_quantizing(*args: Any) -> None:
         raise AssertionError("quantised again although an int8 graph is cached")
 
+    def no_float_graph(*args: Any) -> None:
+        raise AssertionError("the float graph was asked for although an int8 graph is cached")
+
     monkeypatch.setattr("convmem.embed_onnx._quantize", no_quantizing)
+    monkeypatch.setattr("convmem.embed_onnx.exported_graph", no_float_graph)
     again = OnnxEmbedder.from_directory(_packaged(), quantized=True)
     assert _max_diff(again(TEXTS[:3]), int8[:3]) == 0.0
 
